@@ -1,0 +1,38 @@
+# mnist-lab: `make help` lists the targets. Every target sets up .venv by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= experiments/baseline.yaml
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test test-all ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG) ARGS='key=value ...' (e.g. ARGS='train.epochs=1')"
+
+setup: $(VENV)/.installed ## create .venv with the package and its test dependencies (idempotent)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@
+
+train: setup ## train CONFIG (default: the baseline) and track it in MLflow
+	$(BIN)/mnist-lab train $(CONFIG) $(ARGS)
+
+test: setup ## the test suite, without the slow tests (~10 min on 2 cores)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: setup ## every test, the slow ones too
+	$(BIN)/python -m pytest $(ARGS)
+
+ui: setup ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
+	@mkdir -p mlruns
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove .venv (not mlruns/ or reports/: they hold your results)
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,107 @@
+"""The `mnist-lab` command: `mnist-lab --help`, `mnist-lab SUBCOMMAND --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise on a CLI.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from mnist_lab.config import MnistLabError  # noqa: E402
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: $MNIST_LAB_DATA, else download)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnist_lab import tracking
+    from mnist_lab.config import load_config
+    from mnist_lab.train import train
+
+    config = load_config(args.config, args.overrides)
+    tracking.setup()
+    result = train(config, data_dir=args.data_dir, evaluate_test=args.evaluate_test, save=args.save)
+    print(
+        f"run {result.run_id}: val_accuracy {result.val_accuracy:.4f}, val_loss {result.val_loss:.4f} "
+        f"after {result.epochs_run} epochs, {result.train_seconds / result.epochs_run:.1f} s/epoch"
+    )
+    if result.test_accuracy is not None:
+        print(f"test_accuracy {result.test_accuracy:.4f}, test_loss {result.test_loss:.4f}")
+    if args.save:
+        print(f"saved {args.save}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnist_lab.predict import ImageError, load_model, predict, to_mnist
+
+    if args.top < 1 or args.top > 10:
+        raise MnistLabError(f"--top {args.top}: must be between 1 and 10")
+    images, errors = {}, {}
+    for path in args.images:
+        try:
+            images[path] = to_mnist(path)
+        except ImageError as e:
+            errors[path] = str(e)
+            print(f"mnist-lab predict: error: {e}", file=sys.stderr)
+    results = predict(load_model(args.model), images, args.top) if images else []
+    if args.json:
+        out = [
+            {"file": r.file, "digit": r.digit, "probability": r.probability, "top": [{"digit": d, "probability": p} for d, p in r.top]}
+            for r in results
+        ] + [{"file": f, "error": e} for f, e in errors.items()]
+        print(json.dumps(out, indent=2))
+    else:
+        for r in results:
+            ranked = ", ".join(f"{d} ({p:.1%})" for d, p in r.top)
+            print(f"{r.file}: {ranked}")
+    return 1 if errors else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mnist-lab", description="Train, sweep, compare and use CNNs on MNIST, tracked in MLflow.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model from a config, tracked as an MLflow run", description=(
+        "Train one model. CONFIG is a YAML file of differences from the defaults (experiments/*.yaml); "
+        "overrides are dotted key=value pairs, e.g. train.epochs=1 data.train_size=2000."))
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="experiment YAML (default: the built-in baseline)")
+    p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides, values in YAML syntax")
+    p.add_argument("--evaluate-test", action="store_true", help="also evaluate on the 10,000 test images (final evaluations only)")
+    p.add_argument("--save", metavar="PATH", help="also write the trained model to PATH.keras")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="read digits from image files", description=(
+        "Predict the digit in each image (PNG, JPEG, BMP, ...; any size or colour). "
+        "Default model: mnist-cnn@champion, else the newest finished training run."))
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--model", metavar="URI", help="runs:/RUN_ID/model, models:/NAME@ALIAS, or a .keras file")
+    p.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely digits (default 1)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # `train CONFIG KEY=VALUE`: argparse cannot tell an override from a config path by position.
+    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        return args.func(args)
+    except MnistLabError as e:
+        print(f"mnist-lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mnist-lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

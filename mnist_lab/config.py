@@ -1,0 +1,282 @@
+"""One typed config for everything mnist-lab trains.
+
+The defaults below *are* the reference tutorial (experiments/baseline.yaml is therefore
+nearly empty): YAML files in experiments/ and `key=value` overrides on the command line
+hold only what differs. Unknown keys and impossible values are rejected before any
+training, with a one-line message naming the file, the key and what is allowed.
+
+    from mnist_lab.config import load_config
+    config = load_config("experiments/tutorial_3x3.yaml", ["train.epochs=1"])
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MNIST_TRAIN_IMAGES = 60_000
+IMAGE_SIZE = 28  # pixels, square
+
+
+class MnistLabError(Exception):
+    """Bad input from a person (file, key, value): the CLI prints it as one line, no traceback."""
+
+
+class ConfigError(MnistLabError):
+    pass
+
+
+class _Section(BaseModel):
+    # Frozen so a config can be shared by trials and runs without anyone mutating it;
+    # extra="forbid" so a typo in a YAML key is an error, not a silently ignored setting.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    validation_size: int | float = 5000  # images held out of the 60,000 for validation; a float in (0, 1) is a fraction
+    train_size: int | None = None  # cap on training images after the hold-out (None: all); small for smoke runs
+    seed: int = 0  # seeds the stratified split, so every run of a study sees the same validation images
+
+    @field_validator("validation_size")
+    @classmethod
+    def _validation_size(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"a fraction must be in (0, 1), got {v}")
+        if isinstance(v, int) and not 10 <= v <= MNIST_TRAIN_IMAGES - 1000:
+            raise ValueError(f"must be between 10 and {MNIST_TRAIN_IMAGES - 1000} images, got {v}")
+        return v
+
+    @field_validator("train_size")
+    @classmethod
+    def _train_size(cls, v: int | None) -> int | None:
+        if v is not None and v < 10:
+            raise ValueError(f"must be at least 10 images (or null for all), got {v}")
+        return v
+
+    def validation_count(self) -> int:
+        if isinstance(self.validation_size, float):
+            return round(self.validation_size * MNIST_TRAIN_IMAGES)
+        return self.validation_size
+
+
+class ConvBlock(_Section):
+    filters: int = Field(32, gt=0)  # output channels
+    kernel_size: int = Field(5, gt=0)  # square kernel side, pixels
+    pool_size: int = Field(2, ge=1)  # max-pooling window and stride; 1 means no pooling
+
+
+class ModelConfig(_Section):
+    # The TensorFlow "Deep MNIST" tutorial: two 5x5 conv blocks (32, 64 filters), 'same' padding.
+    conv_blocks: list[ConvBlock] = Field(
+        default_factory=lambda: [ConvBlock(filters=32), ConvBlock(filters=64)], min_length=1
+    )
+    padding: Literal["same", "valid"] = "same"  # 'same' keeps the feature map size through each conv
+    dense: list[int] = Field(default_factory=lambda: [1024])  # hidden dense widths, in order
+    dropout: float = 0.5  # rate before the output layer; 0 disables it
+    activation: Literal["relu", "elu", "gelu", "swish", "tanh"] = "relu"
+    batch_norm: bool = False  # BatchNormalization after each conv, before the activation
+
+    @field_validator("dense")
+    @classmethod
+    def _dense(cls, v: list[int]) -> list[int]:
+        if any(width <= 0 for width in v):
+            raise ValueError(f"widths must be positive, got {v}")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _kernels_fit(self) -> "ModelConfig":
+        # A kernel larger than its input, or a pool that leaves nothing, is a model Keras
+        # would only reject deep inside fit(); catch it here with the block's key.
+        size = IMAGE_SIZE
+        for i, block in enumerate(self.conv_blocks):
+            if block.kernel_size > size:
+                raise ValueError(
+                    f"conv_blocks.{i}.kernel_size: {block.kernel_size} is larger than the "
+                    f"{size}x{size} feature map it sees; use at most {size}"
+                )
+            if self.padding == "valid":
+                size = size - block.kernel_size + 1
+            if block.pool_size > size:
+                raise ValueError(
+                    f"conv_blocks.{i}.pool_size: {block.pool_size} is larger than the "
+                    f"{size}x{size} feature map it sees; use at most {size}"
+                )
+            size //= block.pool_size
+        return self
+
+    def feature_map_sizes(self) -> list[int]:
+        """Side of the square feature map entering each conv block, then after the last."""
+        sizes, size = [], IMAGE_SIZE
+        for block in self.conv_blocks:
+            sizes.append(size)
+            size = (size - block.kernel_size + 1 if self.padding == "valid" else size) // block.pool_size
+        return sizes + [size]
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)  # Keras' Adam default
+    batch_size: int = Field(32, gt=0)
+    epochs: int = Field(3, gt=0)
+    loss: Literal["categorical_crossentropy", "sparse_categorical_crossentropy"] = "categorical_crossentropy"
+    early_stopping_patience: int | None = None  # epochs without val_loss improvement before stopping; None: off
+    seed: int = 0  # weight initialisation and shuffling; `mnist-lab confirm` varies it
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    # 'mixed_bfloat16' computes in bfloat16 and keeps float32 weights (fast on CPUs with AMX/AVX512-BF16).
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, the shape MLflow params and search spaces use."""
+        return flatten(self.model_dump())
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        items = ((str(i), x) for i, x in enumerate(tree))
+    else:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def parse_overrides(pairs: list[str], where: str = "command line") -> dict[str, Any]:
+    """['train.epochs=1', 'model.dense=[128]'] -> {'train.epochs': 1, 'model.dense': [128]}; values are YAML."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where}: '{pair}' is not key=value (e.g. train.epochs=1)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: the value of '{key}' is not valid YAML: {raw!r}") from None
+    return out
+
+
+def set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
+    """Set tree['a']['b'][0]['c'] for key 'a.b.0.c', refusing keys the config does not have."""
+    parts = key.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: '{here}' is out of range: the list has {len(node)} entries (0..{len(node) - 1})")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise ConfigError(f"{where}: unknown key '{here}'{_did_you_mean(part, node)}")
+            index = part
+        else:
+            raise ConfigError(f"{where}: '{'.'.join(parts[:depth])}' is a value, it has no key '{part}'")
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
+
+
+def _did_you_mean(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
+    allowed = ", ".join(str(k) for k in known)
+    return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {allowed})"
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; experiments live in experiments/*.yaml")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(content).__name__}")
+    return content
+
+
+def merge(base: dict, diff: dict) -> dict:
+    """Deep-merge a YAML diff into a config dict; lists (conv_blocks, dense) are replaced whole."""
+    out = copy.deepcopy(base)
+    for key, value in diff.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_config(diff: dict, overrides: dict[str, Any] | None = None, where: str = "config") -> Config:
+    """Defaults + a YAML diff + dotted overrides -> a validated Config (ConfigError otherwise)."""
+    tree = merge(Config().model_dump(), diff)
+    unknown = _unknown_keys(diff, Config().model_dump())
+    if unknown:
+        raise ConfigError(f"{where}: {unknown}")
+    override_where = "command line" if where == "config" else f"{where} (override)"
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value, override_where)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_describe(e)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    diff = read_yaml(path) if path else {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    return build_config(diff, overrides, where=str(path) if path else "config")
+
+
+def _unknown_keys(diff: Any, known: Any, prefix: str = "") -> str | None:
+    # pydantic would reject these too, but it cannot suggest the key that was meant.
+    if not isinstance(diff, dict) or not isinstance(known, dict):
+        return None
+    for key, value in diff.items():
+        here = f"{prefix}{key}"
+        if key not in known:
+            return f"unknown key '{here}'{_did_you_mean(str(key), known)}"
+        found = _unknown_keys(value, known[key], here + ".")
+        if found:
+            return found
+    return None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    got = first.get("input")
+    got = "" if isinstance(got, (dict, list)) or "got" in msg else f" (got {got!r})"
+    # The model-level kernel check puts its own key in front of the message.
+    if msg.startswith("conv_blocks."):
+        loc, _, msg = f"{loc}.{msg}".partition(": ")
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{loc}: {msg}{got}{more}"

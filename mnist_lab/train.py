@@ -1,0 +1,223 @@
+"""The one function that trains a model from a config and records it as an MLflow run.
+
+Single runs (`mnist-lab train`), sweep trials, seed confirmations and benchmarks all call
+`train()`. Run it with:
+
+    mnist-lab train experiments/baseline.yaml train.epochs=1 data.train_size=2000
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import mlflow
+import mlflow.keras
+import numpy as np
+import yaml
+
+from mnist_lab import data, plots, tracking
+from mnist_lab.config import Config, MnistLabError
+from mnist_lab.model import build_model
+
+
+class TrainingDiverged(MnistLabError):
+    """The loss became NaN or infinite: the run is recorded as failed, with this reason."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    history: dict[str, list[float]]  # Keras' History.history: loss, accuracy, val_loss, val_accuracy per epoch
+    val_accuracy: float  # of the model as returned (last epoch, or best if early stopping restored it)
+    val_loss: float
+    param_count: int
+    train_seconds: float
+    model: keras.Model = field(repr=False)
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history.get("loss", []))
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Per-epoch metrics with step = epoch (1-based), and how fast the epoch trained."""
+
+    def __init__(self, train_images: int):
+        super().__init__()
+        self.train_images = train_images
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._val_seconds = 0.0
+
+    def on_test_begin(self, logs=None):
+        self._val_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._val_seconds += time.perf_counter() - self._val_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch_seconds = time.perf_counter() - self._start
+        fit_seconds = max(epoch_seconds - self._val_seconds, 1e-9)  # validation excluded from throughput
+        self.train_seconds += epoch_seconds
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        # MLflow rejects NaN in some stores; the divergence itself is reported as the failure reason.
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        metrics |= {"epoch_seconds": epoch_seconds, "images_per_second": self.train_images / fit_seconds}
+        mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+class _KerasFlavor:
+    """mlflow.keras, creating the model folder before MLflow writes the input example into it.
+
+    mlflow.keras.log_model(..., input_example=...) fails with FileNotFoundError on
+    .../model/input_example.json (mlflow/mlflow#16183, still open in MLflow 3.17).
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def keras_verbosity() -> int:
+    # A progress bar for people at a terminal; nothing in CI logs or pipes.
+    return 1 if sys.stdout.isatty() and not os.environ.get("CI") else 0
+
+
+def train(
+    config: Config,
+    *,
+    data_dir: str | Path | None = None,
+    evaluate_test: bool = False,
+    save: str | Path | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: list[keras.callbacks.Callback] = (),
+    log_model: bool = True,
+) -> TrainResult:
+    """Train `config` on MNIST, tracked as one MLflow run (nested under an active run, if any).
+
+    `callbacks` lets a caller watch or stop the fit (a sweep's pruner). The test set is
+    touched only with `evaluate_test=True`.
+    """
+    if save is not None:
+        save = Path(save)
+        if save.suffix != ".keras":
+            raise MnistLabError(f"--save {save}: Keras saves models as .keras files; use a path ending in .keras")
+    split = data.load_split(config.data, data_dir)
+    x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
+    y_train, y_val = split.y_train, split.y_val
+    if config.train.loss == "categorical_crossentropy":
+        y_train_fit, y_val_fit = keras.utils.to_categorical(y_train, 10), keras.utils.to_categorical(y_val, 10)
+    else:
+        y_train_fit, y_val_fit = y_train, y_val
+
+    keras.utils.set_random_seed(config.train.seed)
+    keras.backend.clear_session()  # a sweep builds many models in one process
+    model = build_model(config)
+
+    run_tags = tracking.provenance_tags() | {"data_digest": split.digest, "seed": str(config.train.seed)} | (tags or {})
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=run_tags) as run:
+        mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train), "validation_images": len(x_val)})
+        logger = MlflowEpochLogger(len(x_train))
+        fit_callbacks = [logger, keras.callbacks.TerminateOnNaN(), *callbacks]
+        if config.train.early_stopping_patience is not None:
+            fit_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
+                )
+            )
+        history = model.fit(
+            x_train,
+            y_train_fit,
+            batch_size=config.train.batch_size,
+            epochs=config.train.epochs,
+            validation_data=(x_val, y_val_fit),
+            callbacks=fit_callbacks,
+            verbose=keras_verbosity(),
+        ).history
+
+        losses = history.get("loss", [])
+        if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
+            epoch = next(i for i, v in enumerate(losses, 1) if not math.isfinite(v)) if losses else 0
+            reason = f"loss became {losses[epoch - 1] if epoch else 'nan'} in epoch {epoch}"
+            mlflow.set_tags({"failure_reason": reason})
+            raise TrainingDiverged(reason)  # ends the run as FAILED
+
+        probs = model.predict(x_val, batch_size=1024, verbose=0)
+        y_pred = probs.argmax(axis=1)
+        val_loss, val_accuracy = model.evaluate(x_val, y_val_fit, batch_size=1024, verbose=0)
+        best = int(np.argmax(history["val_accuracy"]))
+        mlflow.log_metrics(
+            {
+                "best_val_accuracy": history["val_accuracy"][best],
+                "best_epoch": best + 1,
+                "final_val_accuracy": float(val_accuracy),
+                "final_val_loss": float(val_loss),
+                "train_seconds": logger.train_seconds,
+            }
+        )
+
+        result = TrainResult(
+            run_id=run.info.run_id,
+            history={k: [float(v) for v in vs] for k, vs in history.items()},
+            val_accuracy=float(val_accuracy),
+            val_loss=float(val_loss),
+            param_count=model.count_params(),
+            train_seconds=logger.train_seconds,
+            model=model,
+        )
+        if evaluate_test:
+            x_test, y_test = data.load_test(data_dir)
+            y_test_fit = keras.utils.to_categorical(y_test, 10) if config.train.loss == "categorical_crossentropy" else y_test
+            result.test_loss, result.test_accuracy = (
+                float(v) for v in model.evaluate(data.to_model_input(x_test), y_test_fit, batch_size=1024, verbose=0)
+            )
+            mlflow.log_metrics({"test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+
+        _log_artifacts(config, result, split, y_pred, probs)
+        if log_model:
+            example = x_val[:4]
+            mlflow.models.Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=_KerasFlavor,
+                model=model,
+                signature=mlflow.models.infer_signature(example, probs[:4]),
+                input_example=example,
+            )
+        if save:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            model.save(save)
+            mlflow.set_tag("saved_to", str(save.resolve()))
+    return result
+
+
+def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray) -> None:
+    figures = {
+        "learning_curves.png": plots.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
+        "confusion_matrix.png": plots.confusion_matrix(split.y_val, y_pred),
+        "misclassified.png": plots.misclassified_grid(split.x_val, split.y_val, y_pred, probs),
+    }
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}")
+        plots.plt.close(figure)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        (Path(tmp) / "requirements.txt").write_text(tracking.pip_freeze())
+        mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
+        mlflow.log_artifact(str(Path(tmp) / "requirements.txt"), artifact_path="environment")

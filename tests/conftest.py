@@ -1,0 +1,55 @@
+"""Shared fixtures: real MNIST, a real MLflow store in a temporary folder, tiny real configs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A few seconds of real training: enough for the digits to be learnt, small enough for CI.
+TINY = ["data.train_size=2000", "data.validation_size=500", "train.epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = os.environ.get("MNIST_LAB_DATA") or REPO.parent / "shared" / "data" / "mnist"
+    folder = Path(folder)
+    if not (folder / "train-images-idx3-ubyte.gz").exists() and not (folder / "train-images-idx3-ubyte").exists():
+        pytest.fail(f"MNIST not found at {folder}: set MNIST_LAB_DATA to the folder with the four IDX files")
+    os.environ["MNIST_LAB_DATA"] = str(folder.resolve())
+    return folder.resolve()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, mnist_dir) -> Path:
+    """Run in an empty folder: the default store sqlite:///mlruns/mlflow.db is created there."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("CI", "true")
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def test_digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The first 16 MNIST test images and labels, read straight from the IDX files."""
+    images = np.frombuffer(gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8, offset=8)
+    return images.reshape(-1, 28, 28)[:16], labels[:16].astype(int)
+
+
+def save_png(array: np.ndarray, path: Path, mode: str = "L") -> Path:
+    Image.fromarray(array.astype(np.uint8)).convert(mode).save(path)
+    return path

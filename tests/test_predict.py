@@ -1,0 +1,127 @@
+"""Prediction from people's image files: real MNIST test digits saved as PNG/JPEG, in many guises."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_lab import tracking
+from mnist_lab.cli import main
+from mnist_lab.config import load_config
+from mnist_lab.predict import ImageError, default_model_uri, to_mnist
+from mnist_lab.train import train
+
+from conftest import save_png
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, mnist_dir):
+    """One small real model for the module (5,000 images, 1 epoch: ~97% on validation)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("model")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        tracking.setup()
+        train(load_config(None, ["data.train_size=5000", "data.validation_size=500", "train.epochs=1"]), save=folder / "m.keras", log_model=False)
+    finally:
+        os.chdir(cwd)
+    return folder / "m.keras"
+
+
+def variants(image: np.ndarray, folder, stem):
+    """The same digit as people would hand it over."""
+    ink = image.astype(np.uint8)
+    paper = 255 - ink
+    out = {"plain.png": save_png(ink, folder / f"{stem}_plain.png")}
+    out["inverted.png"] = save_png(paper, folder / f"{stem}_inverted.png")  # black ink on white paper
+    big = Image.fromarray(paper).resize((280, 280), Image.BICUBIC)
+    big.convert("RGB").save(folder / f"{stem}_enlarged.jpg", quality=90)
+    out["enlarged.jpg"] = folder / f"{stem}_enlarged.jpg"
+    canvas = Image.new("L", (400, 250), 255)  # small digit off in a corner of a wide page
+    canvas.paste(Image.fromarray(paper).resize((84, 84)), (290, 20))
+    canvas.save(folder / f"{stem}_offcentre.bmp")
+    out["offcentre.bmp"] = folder / f"{stem}_offcentre.bmp"
+    rgba = np.zeros((56, 56, 4), np.uint8)  # dark ink on a transparent background
+    rgba[..., 3] = np.asarray(Image.fromarray(ink).resize((56, 56)))
+    Image.fromarray(rgba, "RGBA").save(folder / f"{stem}_transparent.png")
+    out["transparent.png"] = folder / f"{stem}_transparent.png"
+    return out
+
+
+def test_preprocessing_reproduces_mnist_style(test_digits, tmp_path):
+    images, _ = test_digits
+    for i in range(4):
+        for name, path in variants(images[i], tmp_path, f"d{i}").items():
+            x = to_mnist(path)
+            assert x.shape == (28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+            # Background black, ink centred: centre of mass near the middle, like MNIST's.
+            rows, cols = np.indices(x.shape)
+            cy, cx = (rows * x).sum() / x.sum(), (cols * x).sum() / x.sum()
+            assert abs(cy - 14) < 1.5 and abs(cx - 14) < 1.5, (name, cy, cx)
+            corr = np.corrcoef(x.ravel(), images[i].ravel() / 255)[0, 1]
+            assert corr > 0.75, (name, corr)
+
+
+def test_cli_predicts_every_variant_of_the_first_four_test_digits(test_digits, tmp_path, model_file, capsys):
+    images, labels = test_digits
+    assert labels[:4].tolist() == [7, 2, 1, 0]
+    files, expected = [], []
+    for i in range(4):
+        for path in variants(images[i], tmp_path, f"d{i}").values():
+            files.append(str(path))
+            expected.append(int(labels[i]))
+    assert main(["predict", *files, "--model", str(model_file), "--json", "--top", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["digit"] for r in results] == expected
+    assert all(len(r["top"]) == 3 and r["top"][0]["probability"] == r["probability"] for r in results)
+
+
+def test_bad_files_are_reported_and_the_rest_still_predicted(test_digits, tmp_path, model_file, capsys):
+    good = save_png(test_digits[0][0], tmp_path / "seven.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    save_png(np.full((28, 28), 200), tmp_path / "blank.png")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    files = [str(good), *(str(tmp_path / n) for n in ("empty.png", "notes.png", "blank.png", "truncated.png", "missing.png"))]
+    assert main(["predict", *files, "--model", str(model_file)]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == f"{good}: 7 ({out.split('(')[1].split(')')[0]})"
+    lines = err.strip().splitlines()
+    assert len(lines) == 5 and "Traceback" not in err
+    for name, what in [("empty.png", "empty"), ("notes.png", "cannot be read"), ("blank.png", "no digit"),
+                       ("truncated.png", "cannot be read"), ("missing.png", "no such file")]:
+        assert any(name in line and what in line for line in lines), (name, lines)
+
+
+def test_image_error_for_a_directory(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        to_mnist(tmp_path)
+
+
+def test_default_model_is_the_champion_else_the_newest_run(store, test_digits, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    digit = save_png(test_digits[0][0], store / "seven.png")
+    assert main(["predict", str(digit)]) == 2  # nothing trained yet
+    assert "no model to predict with" in capsys.readouterr().err
+    tracking.setup()
+    first = train(load_config(None, ["data.train_size=2000", "data.validation_size=500", "train.epochs=1"]))
+    assert default_model_uri().startswith("models:/m-")  # the newest logged model
+    version = mlflow.register_model(f"runs:/{first.run_id}/model", tracking.MODEL_NAME)
+    MlflowClient().set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, version.version)
+    assert default_model_uri() == "models:/mnist-cnn@champion"
+    assert main(["predict", str(digit)]) == 0
+    assert capsys.readouterr().out.startswith(f"{digit}: 7")
+
+
+def test_bad_model_uri_is_one_line(store, test_digits, capsys):
+    digit = save_png(test_digits[0][0], store / "seven.png")
+    assert main(["predict", str(digit), "--model", "runs:/0123456789abcdef/model"]) == 2
+    assert main(["predict", str(digit), "--model", "nope.keras"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("mnist-lab predict: error: --model") for line in err)

@@ -1,0 +1,94 @@
+"""Tracked training end to end: the real CLI, a real MLflow store, real MNIST digits."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mnist_lab import tracking
+from mnist_lab.cli import main
+from mnist_lab.config import load_config
+from mnist_lab.train import TrainingDiverged, train
+
+from conftest import REPO, TINY
+
+
+def only_run(client):
+    runs = client.search_runs([tracking.setup()])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_train_logs_params_curves_tags_and_artifacts(store):
+    assert main(["train", str(REPO / "experiments/baseline.yaml"), *TINY, "train.epochs=2"]) == 0
+    client = MlflowClient()
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert (store / "mlruns" / "mlflow.db").exists()
+    # params: the flattened resolved config
+    assert run.data.params["model.conv_blocks.1.filters"] == "64" and run.data.params["train.epochs"] == "2"
+    assert run.data.params["data.train_size"] == "2000"
+    # per-epoch curves, step = epoch
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    assert run.data.metrics["val_accuracy"] > 0.85  # 2,000 images, 2 epochs
+    assert "test_accuracy" not in run.data.metrics  # the test set is only for explicit final evaluations
+    tags = run.data.tags
+    for tag in ("git_commit", "git_dirty", "data_digest", "command", "tensorflow_version", "keras_version", "seed", "cpu_model"):
+        assert tags.get(tag), tag
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")
+    } | {a.path for a in client.list_artifacts(run.info.run_id, "environment")}
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png",
+            "environment/requirements.txt"} <= artifacts
+    assert (store / "mlruns" / "artifacts").is_dir()  # artifacts live under mlruns/
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.output_shape == (None, 10)
+    logged = client.search_logged_models([run.info.experiment_id], output_format="list")
+    info = mlflow.models.get_model_info(f"models:/{logged[0].model_id}")
+    assert "keras" in info.flavors and info.signature is not None and info.saved_input_example_info is not None
+
+
+def test_evaluate_test_and_save_then_predict(store, test_digits, tmp_path):
+    from conftest import save_png
+
+    saved = tmp_path / "model.keras"
+    assert main(["train", str(REPO / "experiments/tutorial_3x3.yaml"), *TINY, "--evaluate-test", "--save", str(saved)]) == 0
+    run = only_run(MlflowClient())
+    assert 0.5 < run.data.metrics["test_accuracy"] <= 1 and run.data.metrics["test_loss"] > 0
+    images, labels = test_digits
+    files = [str(save_png(images[i], tmp_path / f"digit{i}.png")) for i in range(4)]
+    # The real console script, in a fresh process, loading the saved .keras file.
+    out = subprocess.run(
+        [str(REPO / ".venv/bin/mnist-lab"), "predict", *files, "--model", str(saved)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    predicted = [int(line.split(": ")[1].split()[0]) for line in out.stdout.splitlines()]
+    assert predicted == [7, 2, 1, 0]
+
+
+def test_diverging_loss_is_recorded_as_failed(store):
+    config = load_config(None, [*TINY, "train.optimizer=sgd", "train.learning_rate=1e9"])
+    tracking.setup()
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(config, log_model=False)
+    run = only_run(MlflowClient())
+    assert run.info.status == "FAILED" and "loss became" in run.data.tags["failure_reason"]
+
+
+def test_bad_input_is_one_line_with_nonzero_exit(store, capsys):
+    assert main(["train", "experiments/missing.yaml"]) == 2
+    assert main(["train", str(REPO / "experiments/baseline.yaml"), "train.epochz=1"]) == 2
+    assert main(["train", str(REPO / "experiments/baseline.yaml"), *TINY, "--save", "model.h5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "Traceback" not in "".join(err)
+    assert "did you mean 'epochs'" in err[1] and ".keras" in err[2]
+    assert not MlflowClient().search_runs([tracking.setup()])  # nothing half-written
+
+
+def test_help_on_every_subcommand():
+    for sub in ([], ["train"], ["predict"]):
+        out = subprocess.run([sys.executable, "-m", "mnist_lab", *sub, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: mnist-lab" in out.stdout
