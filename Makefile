@@ -4,14 +4,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= experiments/baseline.yaml
+SPACE ?= experiments/sweep.yaml
+TRIALS ?=
+WORKERS ?= 1
+ENGINE ?= optuna
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all ui clean
+.PHONY: help setup train sweep test test-all ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=$(CONFIG) ARGS='key=value ...' (e.g. ARGS='train.epochs=1')"
+	@echo "  variables: CONFIG=$(CONFIG) SPACE=$(SPACE) TRIALS=N WORKERS=$(WORKERS) ENGINE=$(ENGINE) ARGS='key=value ...'"
 
 setup: $(VENV)/.installed ## create .venv with the package and its test dependencies (idempotent)
 
@@ -23,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 
 train: setup ## train CONFIG (default: the baseline) and track it in MLflow
 	$(BIN)/mnist-lab train $(CONFIG) $(ARGS)
+
+sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optuna|keras-tuner
+	$(BIN)/mnist-lab sweep $(SPACE) --workers $(WORKERS) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(ARGS)
 
 test: setup ## the test suite, without the slow tests (~10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

@@ -20,9 +20,10 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from mnist_lab import tracking
     from mnist_lab.config import load_config
-    from mnist_lab.train import train
+    from mnist_lab.train import check_save_path, train
 
     config = load_config(args.config, args.overrides)
+    check_save_path(args.save)
     tracking.setup()
     result = train(config, data_dir=args.data_dir, evaluate_test=args.evaluate_test, save=args.save)
     print(
@@ -62,6 +63,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mnist_lab.sweep import SweepRequest, run
+
+    summary = run(SweepRequest(
+        space_path=args.space, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers, study=args.study,
+        storage=args.storage, engine=args.engine, overrides=args.overrides, data_dir=args.data_dir,
+    ))
+    champion = summary.get("champion")
+    if champion:
+        verdict = "registered as mnist-cnn@champion" if champion["promoted"] else (
+            f"not promoted: the current champion has val_accuracy {champion['previous_val_accuracy']:.4f}")
+        print(f"best run {champion['run_id']}: val_accuracy {champion['val_accuracy']:.4f}, "
+              f"test_accuracy {champion['test_accuracy']:.4f}; {verdict}")
+    else:
+        print(f"study {summary['study']}: no complete trial, so no champion")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-lab", description="Train, sweep, compare and use CNNs on MNIST, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,12 +103,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely digits (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="search hyperparameters around a base config (Optuna or KerasTuner)", description=(
+        "Run (or resume) a study over SPACE, a search-space YAML (experiments/sweep.yaml). Each trial is a "
+        "nested MLflow run under the study's run; running the same command again continues the study."))
+    p.add_argument("space", metavar="SPACE", help="search-space YAML")
+    p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides for every trial")
+    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should have (default: the space's budget)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the space file's name)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///mlruns/optuna.db; postgresql://... for many machines)")
+    p.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_sweep)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # `train CONFIG KEY=VALUE`: argparse cannot tell an override from a config path by position.
+    if args.command == "sweep" and args.n_trials is not None and args.n_trials < 1:
+        print(f"mnist-lab sweep: error: --n-trials {args.n_trials}: must be at least 1", file=sys.stderr)
+        return 2
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None

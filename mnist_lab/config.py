@@ -197,6 +197,12 @@ def set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
             node = node[index]
 
 
+def get_dotted(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    return tree
+
+
 def _did_you_mean(key: str, known: Any) -> str:
     close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
     allowed = ", ".join(str(k) for k in known)

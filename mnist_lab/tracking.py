@@ -7,6 +7,7 @@ server, http://host:5000) overrides it; MLFLOW_EXPERIMENT_NAME picks the experim
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -29,6 +30,11 @@ def default_store() -> tuple[str, str]:
 
 def setup(experiment: str | None = None) -> str:
     """Point MLflow at the store and experiment; returns the experiment id. Safe to call again."""
+    # Per-file download bars when loading a model are noise between our own output lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow announces creating and migrating its tables on stderr; that is not news to a person.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     artifact_location = None
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         uri, artifact_location = default_store()
@@ -46,6 +52,17 @@ def setup(experiment: str | None = None) -> str:
         experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@lru_cache(maxsize=1)
+def model_uri(run_id: str) -> str:
+    """The models:/ URI of the model a run logged (MLflow 3 keeps models apart from run artifacts)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    found = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1)
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/model"
 
 
 @lru_cache(maxsize=1)
@@ -75,6 +92,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def provenance_tags() -> dict[str, str]:
     """Tags that let anyone tell whether two runs are comparable, and rerun one."""
     import keras
@@ -84,7 +105,7 @@ def provenance_tags() -> dict[str, str]:
     return {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "cpu_model": cpu_model(),

@@ -8,6 +8,9 @@ Single runs (`mnist-lab train`), sweep trials, seed confirmations and benchmarks
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import os
 import sys
@@ -92,9 +95,30 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
+def _log_keras_model(model: keras.Model, example: np.ndarray, probs: np.ndarray) -> None:
+    mlflow.models.Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_KerasFlavor,
+        model=model,
+        signature=mlflow.models.infer_signature(example, probs),
+        input_example=example,
+    )
+
+
+# A sweep builds a new model per trial; TensorFlow then warns about "retracing" each time.
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def keras_verbosity() -> int:
     # A progress bar for people at a terminal; nothing in CI logs or pipes.
     return 1 if sys.stdout.isatty() and not os.environ.get("CI") else 0
+
+
+def check_save_path(save: str | Path | None) -> Path | None:
+    if save is not None and Path(save).suffix != ".keras":
+        raise MnistLabError(f"--save {save}: Keras saves models as .keras files; use a path ending in .keras")
+    return Path(save) if save is not None else None
 
 
 def train(
@@ -107,23 +131,15 @@ def train(
     tags: dict[str, str] | None = None,
     callbacks: list[keras.callbacks.Callback] = (),
     log_model: bool = True,
+    parent_run_id: str | None = None,
 ) -> TrainResult:
     """Train `config` on MNIST, tracked as one MLflow run (nested under an active run, if any).
 
-    `callbacks` lets a caller watch or stop the fit (a sweep's pruner). The test set is
-    touched only with `evaluate_test=True`.
+    `callbacks` lets a caller watch or stop the fit (a sweep's pruner); `parent_run_id`
+    nests the run under a study's run. The test set is touched only with `evaluate_test=True`.
     """
-    if save is not None:
-        save = Path(save)
-        if save.suffix != ".keras":
-            raise MnistLabError(f"--save {save}: Keras saves models as .keras files; use a path ending in .keras")
+    save = check_save_path(save)
     split = data.load_split(config.data, data_dir)
-    x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
-    y_train, y_val = split.y_train, split.y_val
-    if config.train.loss == "categorical_crossentropy":
-        y_train_fit, y_val_fit = keras.utils.to_categorical(y_train, 10), keras.utils.to_categorical(y_val, 10)
-    else:
-        y_train_fit, y_val_fit = y_train, y_val
 
     keras.utils.set_random_seed(config.train.seed)
     keras.backend.clear_session()  # a sweep builds many models in one process
@@ -131,80 +147,97 @@ def train(
 
     run_tags = tracking.provenance_tags() | {"data_digest": split.digest, "seed": str(config.train.seed)} | (tags or {})
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=run_name, nested=nested, tags=run_tags) as run:
-        mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train), "validation_images": len(x_val)})
-        logger = MlflowEpochLogger(len(x_train))
-        fit_callbacks = [logger, keras.callbacks.TerminateOnNaN(), *callbacks]
-        if config.train.early_stopping_patience is not None:
-            fit_callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
-                )
+    with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags) as run:
+        try:
+            return _fit_and_log(config, model, split, run.info.run_id, data_dir, evaluate_test, save, callbacks, log_model)
+        except Exception as e:
+            # The run ends as FAILED (MLflow's context manager); say why on the run itself.
+            reason = str(e) if isinstance(e, MnistLabError) else f"{type(e).__name__}: {e}"
+            mlflow.set_tag("failure_reason", reason[:5000])
+            raise
+
+
+def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model) -> TrainResult:
+    x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
+    y_train, y_val = split.y_train, split.y_val
+    if config.train.loss == "categorical_crossentropy":
+        y_train_fit, y_val_fit = keras.utils.to_categorical(y_train, 10), keras.utils.to_categorical(y_val, 10)
+    else:
+        y_train_fit, y_val_fit = y_train, y_val
+    mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train), "validation_images": len(x_val)})
+    logger = MlflowEpochLogger(len(x_train))
+    fit_callbacks = [logger, keras.callbacks.TerminateOnNaN(), *callbacks]
+    if config.train.early_stopping_patience is not None:
+        fit_callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
             )
-        history = model.fit(
-            x_train,
-            y_train_fit,
-            batch_size=config.train.batch_size,
-            epochs=config.train.epochs,
-            validation_data=(x_val, y_val_fit),
-            callbacks=fit_callbacks,
-            verbose=keras_verbosity(),
-        ).history
-
-        losses = history.get("loss", [])
-        if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
-            epoch = next(i for i, v in enumerate(losses, 1) if not math.isfinite(v)) if losses else 0
-            reason = f"loss became {losses[epoch - 1] if epoch else 'nan'} in epoch {epoch}"
-            mlflow.set_tags({"failure_reason": reason})
-            raise TrainingDiverged(reason)  # ends the run as FAILED
-
-        probs = model.predict(x_val, batch_size=1024, verbose=0)
-        y_pred = probs.argmax(axis=1)
-        val_loss, val_accuracy = model.evaluate(x_val, y_val_fit, batch_size=1024, verbose=0)
-        best = int(np.argmax(history["val_accuracy"]))
-        mlflow.log_metrics(
-            {
-                "best_val_accuracy": history["val_accuracy"][best],
-                "best_epoch": best + 1,
-                "final_val_accuracy": float(val_accuracy),
-                "final_val_loss": float(val_loss),
-                "train_seconds": logger.train_seconds,
-            }
         )
+    history = model.fit(
+        x_train,
+        y_train_fit,
+        batch_size=config.train.batch_size,
+        epochs=config.train.epochs,
+        validation_data=(x_val, y_val_fit),
+        callbacks=fit_callbacks,
+        verbose=keras_verbosity(),
+    ).history
 
-        result = TrainResult(
-            run_id=run.info.run_id,
-            history={k: [float(v) for v in vs] for k, vs in history.items()},
-            val_accuracy=float(val_accuracy),
-            val_loss=float(val_loss),
-            param_count=model.count_params(),
-            train_seconds=logger.train_seconds,
-            model=model,
-        )
-        if evaluate_test:
-            x_test, y_test = data.load_test(data_dir)
-            y_test_fit = keras.utils.to_categorical(y_test, 10) if config.train.loss == "categorical_crossentropy" else y_test
-            result.test_loss, result.test_accuracy = (
-                float(v) for v in model.evaluate(data.to_model_input(x_test), y_test_fit, batch_size=1024, verbose=0)
-            )
-            mlflow.log_metrics({"test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+    losses = history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
+        epoch = next(i for i, v in enumerate(losses, 1) if not math.isfinite(v)) if losses else 0
+        raise TrainingDiverged(f"loss became {losses[epoch - 1] if epoch else 'nan'} in epoch {epoch}")
 
-        _log_artifacts(config, result, split, y_pred, probs)
-        if log_model:
-            example = x_val[:4]
-            mlflow.models.Model.log(
-                artifact_path=None,
-                name="model",
-                flavor=_KerasFlavor,
-                model=model,
-                signature=mlflow.models.infer_signature(example, probs[:4]),
-                input_example=example,
-            )
-        if save:
-            save.parent.mkdir(parents=True, exist_ok=True)
-            model.save(save)
-            mlflow.set_tag("saved_to", str(save.resolve()))
+    probs = model.predict(x_val, batch_size=1024, verbose=0)
+    y_pred = probs.argmax(axis=1)
+    val_loss, val_accuracy = model.evaluate(x_val, y_val_fit, batch_size=1024, verbose=0)
+    best = int(np.argmax(history["val_accuracy"]))
+    mlflow.log_metrics(
+        {
+            "best_val_accuracy": history["val_accuracy"][best],
+            "best_epoch": best + 1,
+            "final_val_accuracy": float(val_accuracy),
+            "final_val_loss": float(val_loss),
+            "train_seconds": logger.train_seconds,
+        }
+    )
+
+    result = TrainResult(
+        run_id=run_id,
+        history={k: [float(v) for v in vs] for k, vs in history.items()},
+        val_accuracy=float(val_accuracy),
+        val_loss=float(val_loss),
+        param_count=model.count_params(),
+        train_seconds=logger.train_seconds,
+        model=model,
+    )
+    if evaluate_test:
+        result.test_accuracy, result.test_loss = evaluate_test_set(model, run_id, data_dir)
+
+    _log_artifacts(config, result, split, y_pred, probs)
+    if log_model:
+        example = x_val[:4]
+        # MLflow checks the input example with model.predict, whose progress bar would
+        # land in the middle of the command's output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            _log_keras_model(model, example, probs[:4])
+    if save:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        model.save(save)
+        mlflow.set_tag("saved_to", str(save.resolve()))
     return result
+
+
+def evaluate_test_set(model: keras.Model, run_id: str, data_dir: str | Path | None = None) -> tuple[float, float]:
+    """The final evaluation on the 10,000 test images, logged on `run_id` as test_accuracy and test_loss."""
+    x_test, y_test = data.load_test(data_dir)
+    probs = model.predict(data.to_model_input(x_test), batch_size=1024, verbose=0)
+    accuracy = float(np.mean(probs.argmax(axis=1) == y_test))
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y_test, probs)))
+    mlflow.MlflowClient().log_batch(
+        run_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in (("test_accuracy", accuracy), ("test_loss", loss))]
+    )
+    return accuracy, loss
 
 
 def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray) -> None:

@@ -115,6 +115,7 @@ def test_default_model_is_the_champion_else_the_newest_run(store, test_digits, c
     version = mlflow.register_model(f"runs:/{first.run_id}/model", tracking.MODEL_NAME)
     MlflowClient().set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, version.version)
     assert default_model_uri() == "models:/mnist-cnn@champion"
+    capsys.readouterr()
     assert main(["predict", str(digit)]) == 0
     assert capsys.readouterr().out.startswith(f"{digit}: 7")
 

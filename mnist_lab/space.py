@@ -1,0 +1,220 @@
+"""Search spaces: which config keys a sweep varies and how, read from experiments/*.yaml.
+
+    base: baseline.yaml                 # the config the space is centred on (relative to this file)
+    fixed: {data.train_size: 20000}     # the same for every trial
+    objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
+    sampler: tpe                        # tpe | random | qmc | grid | nsga2
+    pruner: median                      # none | median | hyperband
+    budget: {n_trials: 20, timeout: 1800}
+    params:
+      model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
+      train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
+      model.conv_blocks.0.kernel_size: {choices: [3, 5, 7]}
+
+In the study's vocabulary: `params` are the scientific hyperparameters, `fixed` the fixed
+ones. The two adapters at the bottom turn an Optuna trial or a KerasTuner `hp` into plain
+values; everything else works with plain dicts and Config.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mnist_lab.config import Config, ConfigError, build_config, get_dotted, read_yaml, set_dotted
+
+# What a trial can be judged by, and which way is better by default.
+METRICS = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "param_count": "minimize",
+    "latency_ms": "minimize",  # median single-image inference time
+    "train_seconds": "minimize",
+}
+EPOCH_METRICS = ("val_accuracy", "val_loss")  # reported per epoch, so the pruner can use them
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IntParam(_Strict):
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("log scale needs low > 0 and step 1")
+        return self
+
+
+class FloatParam(_Strict):
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log scale needs low > 0 and no step")
+        return self
+
+
+class ChoiceParam(_Strict):
+    choices: list[Any] = Field(min_length=1)
+
+
+class Objective(_Strict):
+    metric: Literal["val_accuracy", "val_loss", "param_count", "latency_ms", "train_seconds"] = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @property
+    def way(self) -> str:
+        return self.direction or METRICS[self.metric]
+
+
+class Budget(_Strict):
+    n_trials: int = Field(20, gt=0)
+    timeout: float | None = Field(None, gt=0)  # seconds for the whole study (per invocation)
+
+
+class Space(_Strict):
+    base: str | None = None
+    fixed: dict[str, Any] = {}
+    objective: list[Objective] = [Objective()]
+    sampler: Literal["tpe", "random", "qmc", "grid", "nsga2"] = "tpe"
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    tuner: Literal["random", "bayesian", "hyperband"] | None = None  # the KerasTuner algorithm (engine keras-tuner)
+    budget: Budget = Budget()
+    seed: int | None = 0  # the sampler's seed, so a study can be repeated
+    params: dict[str, IntParam | FloatParam | ChoiceParam] = Field(min_length=1)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v):
+        # `objective: val_accuracy` and `objective: [val_accuracy, param_count]` read naturally.
+        items = v if isinstance(v, list) else [v]
+        return [{"metric": x} if isinstance(x, str) else x for x in items]
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v):
+        out = {}
+        for key, spec in (v or {}).items():
+            if not isinstance(spec, dict):
+                raise ValueError(f"{key}: expected {{low, high}} or {{choices}}, got {spec!r}")
+            if "choices" in spec:
+                out[key] = ChoiceParam.model_validate(spec)
+            elif isinstance(spec.get("low"), int) and isinstance(spec.get("high"), int) and not isinstance(spec.get("step"), float):
+                out[key] = IntParam.model_validate(spec)
+            else:
+                out[key] = FloatParam.model_validate(spec)
+        return out
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective) > 1
+
+
+class LoadedSpace:
+    """A validated space with its base config resolved: what the sweep engines need."""
+
+    def __init__(self, path: Path, space: Space, base_diff: dict, text: str):
+        self.path, self.space, self.base_diff, self.text = path, space, base_diff, text
+
+    def config_for(self, values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+        """Base + fixed + command-line overrides + the trial's values -> Config (ConfigError if impossible)."""
+        return build_config(self.base_diff, {**self.space.fixed, **(overrides or {}), **values}, where=f"{self.path} trial")
+
+    def baseline_values(self) -> dict[str, Any]:
+        """The base config's value of each searched key, when it lies inside the space."""
+        tree = build_config(self.base_diff, self.space.fixed).model_dump()
+        out = {}
+        for key, spec in self.space.params.items():
+            value = get_dotted(tree, key)
+            if isinstance(spec, ChoiceParam):
+                if value not in spec.choices:
+                    return {}
+            elif not spec.low <= value <= spec.high:
+                return {}
+            out[key] = value
+        return out
+
+
+def load_space(path: str | Path, n_trials: int | None = None, timeout: float | None = None) -> LoadedSpace:
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        space = Space.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "IntParam", "FloatParam", "ChoiceParam")))
+        if first["type"] == "extra_forbidden":
+            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout"]
+            close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(known)})"
+            raise ConfigError(f"{path}: unknown key '{loc}'{hint}") from None
+        raise ConfigError(f"{path}: {loc}: {first['msg'].removeprefix('Value error, ')}") from None
+    base_diff = read_yaml(path.parent / space.base) if space.base else {}
+    defaults = build_config(base_diff, where=str(path.parent / space.base) if space.base else str(path)).model_dump()
+    for section, keys in (("fixed", space.fixed), ("params", space.params)):
+        for key in keys:
+            try:
+                set_dotted(copy.deepcopy(defaults), key, None, where=section)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+    try:
+        build_config(base_diff, space.fixed, where=str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: fixed: {str(e).split(': ', 1)[1]}") from None
+    if space.sampler == "grid" and any(not isinstance(p, ChoiceParam) for p in space.params.values()):
+        raise ConfigError(f"{path}: sampler grid needs every param as {{choices: [...]}}")
+    if space.sampler == "nsga2" and not space.multi_objective:
+        raise ConfigError(f"{path}: sampler nsga2 is for several objectives; list two or more under objective")
+    if space.multi_objective and space.pruner != "none":
+        raise ConfigError(f"{path}: pruner: Optuna cannot prune multi-objective studies; use pruner: none")
+    if n_trials is not None or timeout is not None:
+        budget = space.budget.model_copy(
+            update={k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+        )
+        space = space.model_copy(update={"budget": budget})
+    return LoadedSpace(path, space, base_diff, path.read_text())
+
+
+# --- adapters: the only places that see Optuna's trial or KerasTuner's hp -------------------
+
+
+def suggest_optuna(trial, space: Space) -> dict[str, Any]:
+    values = {}
+    for key, p in space.params.items():
+        if isinstance(p, ChoiceParam):
+            values[key] = trial.suggest_categorical(key, p.choices)
+        elif isinstance(p, IntParam):
+            values[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        else:
+            values[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+    return values
+
+
+def declare_keras_tuner(hp, space: Space) -> dict[str, Any]:
+    values = {}
+    for key, p in space.params.items():
+        if isinstance(p, ChoiceParam):
+            values[key] = hp.Choice(key, p.choices)
+        elif isinstance(p, IntParam):
+            values[key] = hp.Int(key, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
+        else:
+            values[key] = hp.Float(key, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
+    return values

@@ -1,0 +1,571 @@
+"""The sweep driver: search a space around the baseline, every trial an MLflow run.
+
+    mnist-lab sweep experiments/sweep.yaml                      # Optuna, resumes if run again
+    mnist-lab sweep experiments/smoke.yaml --n-trials 4 --workers 2
+    mnist-lab sweep experiments/sweep.yaml --engine keras-tuner
+    mnist-lab sweep experiments/sweep.yaml --storage postgresql://user@db/optuna   # one per machine
+
+A study is one parent MLflow run with one nested run per trial. Running the same command
+again continues the study: finished trials stay, a trial whose worker died (no heartbeat
+for GRACE_SECONDS) is marked failed and its configuration retried. `n_trials` counts
+finished trials (complete or pruned) over the whole study, across restarts and workers.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnist_lab import tracking
+from mnist_lab.config import ConfigError, MnistLabError, parse_overrides
+from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
+
+HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
+GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
+MAX_RETRY = 2  # times a dead worker's configuration is tried again
+
+
+@dataclass
+class SweepRequest:
+    space_path: str
+    n_trials: int | None = None
+    timeout: float | None = None
+    workers: int = 1
+    study: str | None = None
+    storage: str | None = None
+    engine: str = "optuna"
+    overrides: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+
+
+def default_storage() -> str:
+    Path("mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
+
+
+def run(request: SweepRequest) -> dict[str, Any]:
+    """Validate everything, run the study, crown the champion; returns a summary."""
+    space = load_space(request.space_path, request.n_trials, request.timeout)
+    overrides = parse_overrides(request.overrides)
+    space.config_for({}, overrides)  # a bad override fails here, before any trial
+    if request.workers < 1:
+        raise MnistLabError(f"--workers {request.workers}: must be at least 1")
+    study_name = request.study or Path(request.space_path).stem
+    tracking.setup()
+    if request.engine == "keras-tuner":
+        from mnist_lab import tuner
+
+        return tuner.run(space, study_name, overrides, request)
+    return run_optuna(space, study_name, overrides, request)
+
+
+# --- Optuna ---------------------------------------------------------------------------------
+
+
+def make_storage(url: str):
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=_on_dead_trial,
+            engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+        )
+    except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MnistLabError(f"--storage {url}: cannot open the Optuna storage ({first})") from None
+
+
+def make_sampler(space: LoadedSpace, worker: int = 0):
+    import optuna
+
+    s = space.space
+    # Different seeds per worker, or parallel random/TPE workers would propose the same trials;
+    # QMC and grid walk a shared sequence keyed by trial number, so they keep one seed.
+    seed = None if s.seed is None else s.seed + worker
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=s.seed, warn_independent_sampling=False)
+    if s.sampler == "grid":
+        return optuna.samplers.GridSampler({k: p.choices for k, p in s.params.items()}, seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, s.budget.n_trials // 3)))
+
+
+def make_pruner(space: LoadedSpace):
+    import optuna
+
+    s = space.space
+    max_epochs = space.config_for({}).train.epochs
+    for key, p in s.params.items():
+        if key == "train.epochs":
+            max_epochs = getattr(p, "high", None) or max(p.choices)
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(int(max_epochs), 1), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(space: LoadedSpace, study_name: str, storage_url: str, worker: int = 0):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print our own one-line trial reports
+    # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = make_storage(storage_url)
+    directions = [o.way for o in space.space.objective]
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=make_sampler(space, worker), pruner=make_pruner(space), directions=directions
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(space, worker), pruner=make_pruner(space))
+        created = False
+        if [d.name.lower() for d in study.directions] != directions:
+            raise MnistLabError(
+                f"study '{study_name}' in {storage_url} optimises {[d.name.lower() for d in study.directions]}, "
+                f"but {space.path} asks for {directions}; pick another --study name"
+            ) from None
+    return study, created
+
+
+def parent_run(study, space: LoadedSpace, study_name: str, created: bool, engine: str = "optuna") -> str:
+    """The study's MLflow run: created once, found again on resume and by every other worker."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if not created:
+        for _ in range(60):  # the creating worker may be a moment behind
+            run_id = study.user_attrs.get("mlflow_parent_run_id")
+            if run_id:
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+            time.sleep(1)
+            study = type(study)(study_name=study.study_name, storage=study._storage)
+    run_id = create_parent_run(space, study_name, engine)
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    return run_id
+
+
+def create_parent_run(space: LoadedSpace, study_name: str, engine: str) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    s = space.space
+    commit, dirty = tracking.git_state()
+    client = MlflowClient()
+    run = client.create_run(
+        tracking.setup(),
+        run_name=study_name,
+        tags={
+            "mnist_lab.kind": "study",
+            "study": study_name,
+            "space_file": str(space.path),
+            "space": space.text[:5000],
+            "engine": engine,
+            "sampler": s.sampler,
+            "pruner": s.pruner,
+            "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective),
+            "n_trials": str(s.budget.n_trials),
+            "git_commit": commit,
+            "git_dirty": str(dirty).lower(),
+            "command": tracking.command_line(),
+        },
+    )
+    client.log_text(run.info.run_id, space.text, f"space/{space.path.name}")
+    return run.info.run_id
+
+
+def _on_dead_trial(study, trial) -> None:
+    """A worker died mid-trial: retry its configuration, and close its MLflow run as killed."""
+    import optuna
+    from mlflow import MlflowClient
+
+    optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = MlflowClient()
+        client.set_tag(run_id, "state", "FAIL")
+        client.set_tag(run_id, "failure_reason", "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+        client.set_terminated(run_id, status="KILLED")
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+    surplus: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def count(study) -> Counts:
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            c.surplus += 1
+        elif t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            c.fail += 1
+        elif t.state == TrialState.RUNNING:
+            c.running += 1
+        elif t.state == TrialState.WAITING:
+            c.waiting += 1
+    return c
+
+
+class Surplus(Exception):
+    """Another worker took the last trial of the budget at the same moment."""
+
+
+def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, study_name: str, storage_url: str,
+                  overrides: dict, data_dir: str | None, parent_run_id: str, worker: int, threads: int | None,
+                  deadline: float | None) -> None:
+    """One worker: run trials until the study has n_trials finished ones, or the deadline passes."""
+    if threads:
+        import tensorflow as tf
+
+        # Workers share the cores: one pool each, sized cores // workers.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    import optuna
+
+    tracking.setup()
+    space = load_space(space_path, n_trials, timeout)
+    study, _ = open_study(space, study_name, storage_url, worker)
+    budget = space.space.budget.n_trials
+    objective = make_objective(space, study_name, overrides, data_dir, parent_run_id, budget)
+    while deadline is None or time.time() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        c = count(study)
+        if c.finished >= budget or c.fail >= max(budget, 3):  # a space that only fails must still end
+            break
+        if c.finished + c.running >= budget:
+            time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_dir: str | None, parent_run_id: str, budget: int):
+    import keras
+    import mlflow
+    import optuna
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    from mnist_lab.space import suggest_optuna
+    from mnist_lab.train import train
+
+    client = MlflowClient()
+    objectives = space.space.objective
+    report_metric = objectives[0].metric if len(objectives) == 1 and objectives[0].metric in EPOCH_METRICS else None
+
+    class ReportEpochs(keras.callbacks.Callback):
+        """Feeds the per-epoch validation metric to Optuna's pruner; stops the fit when told."""
+
+        def __init__(self, trial):
+            super().__init__()
+            self.trial, self.pruned_at, self.run_id = trial, None, None
+
+        def on_train_begin(self, logs=None):
+            self.run_id = mlflow.active_run().info.run_id
+            self.trial.set_user_attr("mlflow_run_id", self.run_id)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(report_metric) if report_metric else None
+            if value is None or not math.isfinite(value):
+                return
+            self.trial.report(float(value), step=epoch + 1)
+            if self.trial.should_prune():
+                self.pruned_at = epoch + 1
+                self.model.stop_training = True
+
+    def objective(trial: optuna.Trial):
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+                 if t.number < trial.number and not t.user_attrs.get("surplus")]
+        if len(ahead) >= budget:
+            trial.set_user_attr("surplus", True)
+            raise Surplus("the study's budget was already taken by other workers")
+        values = suggest_optuna(trial, space.space)
+        tags = {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(trial.number), "engine": "optuna",
+                "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        if "failed_trial" in trial.user_attrs:
+            tags["retry_of_trial"] = str(trial.user_attrs["failed_trial"])
+        try:
+            config = space.config_for(values, overrides)
+        except ConfigError as e:
+            reason = str(e).split(": ", 1)[-1]
+            _record_impossible(client, parent_run_id, tags, values, reason)
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        watcher = ReportEpochs(trial)
+        try:
+            result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
+                           callbacks=[watcher], parent_run_id=parent_run_id)
+        except Exception as e:
+            trial.set_user_attr("fail_reason", str(e)[:500])
+            if watcher.run_id:
+                client.set_tag(watcher.run_id, "state", "FAIL")
+            raise
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("param_count", result.param_count)
+        if watcher.pruned_at:
+            client.set_tag(result.run_id, "state", "PRUNED")
+            client.set_tag(result.run_id, "pruned_at_epoch", str(watcher.pruned_at))
+            raise optuna.TrialPruned(f"pruned after epoch {watcher.pruned_at}")
+        scores = [objective_value(result, o.metric) for o in objectives]
+        client.set_tag(result.run_id, "state", "COMPLETE")
+        for o, v in zip(objectives, scores):
+            if o.metric == "latency_ms":
+                client.log_metric(result.run_id, "latency_ms", v)
+        return scores[0] if len(scores) == 1 else scores
+
+    return objective
+
+
+def objective_value(result, metric: str) -> float:
+    if metric == "val_accuracy":
+        return result.val_accuracy
+    if metric == "val_loss":
+        return result.val_loss
+    if metric == "param_count":
+        return float(result.param_count)
+    if metric == "train_seconds":
+        return result.train_seconds
+    return latency_ms(result.model)
+
+
+def latency_ms(model, repeats: int = 30) -> float:
+    """Median time to classify one image, ms: what a person waiting on `predict` feels."""
+    import numpy as np
+
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    model(x, training=False)  # warm-up: tracing and allocation are not latency
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x, training=False)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def _record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
+    """An impossible configuration still gets its run, failed, with the reason: no silent gaps."""
+    import mlflow
+
+    run = client.create_run(
+        tracking.setup(),
+        tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
+        run_name=f"{tags['study']}-trial-{tags['trial_number']}",
+    )
+    for key, value in values.items():
+        client.log_param(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    storage_url = request.storage or default_storage()
+    study, created = open_study(space, study_name, storage_url)
+    parent_run_id = parent_run(study, space, study_name, created)
+    if created:
+        baseline = space.baseline_values()
+        if baseline:
+            # The first trial is the base config itself: every other trial is judged against it.
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    budget = space.space.budget
+    deadline = time.time() + budget.timeout if budget.timeout else None
+    args = (str(space.path), request.n_trials, request.timeout, study_name, storage_url, overrides, request.data_dir, parent_run_id)
+    with Progress(study, budget.n_trials, space) as progress:
+        if request.workers == 1:
+            worker_thread = threading.Thread(target=optuna_worker, args=(*args, 0, None, deadline), daemon=True)
+            worker_thread.start()
+            while worker_thread.is_alive():
+                worker_thread.join(1)
+                progress.update()
+        else:
+            threads = max(1, (os.cpu_count() or 1) // request.workers)
+            ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+            procs = [ctx.Process(target=optuna_worker, args=(*args, i, threads, deadline)) for i in range(request.workers)]
+            for p in procs:
+                p.start()
+            try:
+                while any(p.is_alive() for p in procs):
+                    for p in procs:
+                        p.join(1)
+                    progress.update()
+            except KeyboardInterrupt:
+                for p in procs:
+                    p.terminate()
+                raise
+        progress.update()
+    study = type(study)(study_name=study_name, storage=make_storage(storage_url))
+    c = count(study)
+    client = MlflowClient()
+    client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed")
+    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": storage_url}
+    done = c.finished >= budget.n_trials
+    best = best_trial(study, space)
+    if best is not None:
+        client.set_tag(parent_run_id, "best_trial", str(best.number))
+        client.log_metric(parent_run_id, f"best_{space.space.objective[0].metric}", best.values[0])
+        summary |= {"best": best, "champion": crown(best.user_attrs["mlflow_run_id"], request.data_dir)}
+    client.set_terminated(parent_run_id, status="FINISHED" if done else "KILLED")
+    print_top(study, space)
+    return summary
+
+
+def best_trial(study, space: LoadedSpace):
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "mlflow_run_id" in t.user_attrs]
+    if not complete:
+        return None
+    if not space.space.multi_objective:
+        sign = 1 if space.space.objective[0].way == "maximize" else -1
+        return max(complete, key=lambda t: sign * t.values[0])
+    # Several objectives: the Pareto front's most accurate member carries the champion title.
+    front = {t.number for t in study.best_trials}
+    metrics = [o.metric for o in space.space.objective]
+    i = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    sign = 1 if space.space.objective[i].way == "maximize" else -1
+    return max((t for t in complete if t.number in front), key=lambda t: sign * t.values[i])
+
+
+def crown(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
+    """One test-set evaluation of the study's best run; champion if it beats the current one on validation."""
+    import mlflow
+    import mlflow.keras
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from mnist_lab.train import evaluate_test_set
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    if "test_accuracy" in run.data.metrics:  # already evaluated, e.g. when a finished study is rerun
+        test_accuracy = run.data.metrics["test_accuracy"]
+    else:
+        test_accuracy, _ = evaluate_test_set(mlflow.keras.load_model(tracking.model_uri(run_id)), run_id, data_dir)
+    val = run.data.metrics["val_accuracy"]
+    try:
+        current = client.get_model_version_by_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS)
+        current_val = client.get_run(current.run_id).data.metrics.get("val_accuracy", -1.0) if current.run_id else -1.0
+    except MlflowException:
+        current, current_val = None, -1.0
+    promoted = current is None or (current.run_id != run_id and val > current_val)
+    if promoted:
+        version = mlflow.register_model(tracking.model_uri(run_id), tracking.MODEL_NAME)
+        client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, version.version)
+        client.set_tag(run_id, "champion", "true")
+    return {"run_id": run_id, "val_accuracy": val, "test_accuracy": test_accuracy, "promoted": promoted,
+            "previous_val_accuracy": None if current is None else current_val}
+
+
+# --- what a person sees -----------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar over finished trials: i of N, counts by state, best so far, elapsed and ETA."""
+
+    def __init__(self, study, total: int, space: LoadedSpace):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.study, self.total, self.space = study, total, space
+        self.console = Console(stderr=True)
+        self.bar = RichProgress(
+            TextColumn("trials"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[states]}"),
+            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, disable=not self.console.is_terminal,
+        )
+        self.reported: set[int] = set()
+        self.opened_at = time.time()
+
+    def __enter__(self):
+        self.bar.__enter__()
+        self.task = self.bar.add_task("sweep", total=self.total, states="", best="-")
+        self.start_finished = count(self.study).finished
+        self.bar.update(self.task, completed=self.start_finished)
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def update(self) -> None:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        c = count(self.study)
+        metric = self.space.space.objective[0]
+        values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
+        best = (max if metric.way == "maximize" else min)(values) if values else None
+        self.bar.update(
+            self.task, completed=min(c.finished, self.total),
+            states=f"✓{c.complete} ✂{c.pruned} ✗{c.fail} ▶{c.running}",
+            best=f"{metric.metric} {best:.4f}" if best is not None else "-",
+        )
+        for t in trials:
+            if t.number in self.reported or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.user_attrs.get("surplus"):
+                continue
+            self.reported.add(t.number)
+            if t.datetime_complete and t.datetime_complete.timestamp() < self.opened_at:
+                continue  # finished before this invocation: already reported then
+            what = {TrialState.COMPLETE: f"{metric.metric} {t.values[0]:.4f}" if t.values else "",
+                    TrialState.PRUNED: f"pruned after epoch {t.last_step}",
+                    TrialState.FAIL: t.user_attrs.get("fail_reason", "worker died; configuration retried")}.get(t.state, "")
+            secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0
+            params = " ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}" for k, v in t.params.items())
+            self.console.print(f"trial {t.number:>3} {t.state.name:<8} {what} ({secs:.0f} s) {params}", highlight=False, soft_wrap=True)
+
+
+def print_top(study, space: LoadedSpace, k: int = 5) -> None:
+    from optuna.trial import TrialState
+    from rich.console import Console
+    from rich.table import Table
+
+    objectives = space.space.objective
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    sign = 1 if objectives[0].way == "maximize" else -1
+    done.sort(key=lambda t: -sign * t.values[0])
+    table = Table(title=f"study {study.study_name}: top {min(k, len(done))} of {len(done)} complete trials")
+    table.add_column("trial", justify="right")
+    for o in objectives:
+        table.add_column(o.metric, justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("train s", justify="right")
+    for key in space.space.params:
+        table.add_column(key.removeprefix("model.").removeprefix("train."), justify="right")
+    for t in done[:k]:
+        label = f"{t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''}"
+        table.add_row(label, *(f"{v:.4f}" for v in t.values), str(t.user_attrs.get("epochs_run", "")),
+                      f"{t.user_attrs.get('train_seconds', 0):.0f}", *(f"{t.params.get(p, '')}" if not isinstance(t.params.get(p), float) else f"{t.params[p]:.3g}" for p in space.space.params))
+    Console(width=max(120, len(space.space.params) * 14 + 60)).print(table)

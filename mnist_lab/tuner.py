@@ -1,0 +1,122 @@
+"""KerasTuner as the second sweep engine, reading the same space file and logging the same shape.
+
+    mnist-lab sweep experiments/smoke.yaml --engine keras-tuner
+
+The space's `tuner` key picks the algorithm (random, bayesian, hyperband); by default a
+`hyperband` pruner means Hyperband, a `random` sampler RandomSearch, anything else Bayesian
+optimisation. Each KerasTuner trial calls the same `train()` as Optuna trials do, as a nested
+MLflow run tagged like theirs, so studies from both engines compare run for run. The tuner's
+own state lives in mlruns/keras_tuner/<study>/, which is what makes a rerun resume.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from mnist_lab import tracking
+from mnist_lab.config import ConfigError, MnistLabError
+from mnist_lab.space import LoadedSpace, declare_keras_tuner
+
+
+def algorithm(space: LoadedSpace) -> str:
+    s = space.space
+    if s.tuner:
+        return s.tuner
+    return "hyperband" if s.pruner == "hyperband" else "random" if s.sampler == "random" else "bayesian"
+
+
+def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[str, Any]:
+    import keras_tuner as kt
+    from mlflow import MlflowClient
+
+    from mnist_lab import sweep
+    from mnist_lab.train import train
+
+    s = space.space
+    if s.multi_objective:
+        raise MnistLabError(f"{space.path}: the keras-tuner engine optimises one objective; use --engine optuna for several")
+    if request.workers != 1 or request.storage:
+        raise MnistLabError("--workers and --storage are for the optuna engine; KerasTuner runs one worker here")
+    objective = s.objective[0]
+    algo = algorithm(space)
+    project = Path("mlruns") / "keras_tuner" / study_name
+    client = MlflowClient()
+    parent_file = project / "mlflow_parent_run_id"
+    if parent_file.exists():
+        parent_run_id = parent_file.read_text().strip()
+        client.update_run(parent_run_id, status="RUNNING")
+    else:
+        parent_run_id = sweep.create_parent_run(space, study_name, engine="keras-tuner")
+        client.set_tag(parent_run_id, "sampler", algo)
+        project.mkdir(parents=True, exist_ok=True)
+        parent_file.write_text(parent_run_id)
+
+    hp = kt.HyperParameters()
+    declare_keras_tuner(hp, s)
+    epochs_key = "train.epochs"
+    max_epochs = space.config_for({}, overrides).train.epochs
+    if epochs_key in s.params:
+        p = s.params[epochs_key]
+        max_epochs = getattr(p, "high", None) or max(p.choices)
+    base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[algo]
+    budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials}
+    printed = []
+
+    class MlflowTuner(base):
+        def run_trial(self, trial, *args, **kwargs):
+            values = {key: trial.hyperparameters.get(key) for key in s.params}
+            if algo == "hyperband":
+                values[epochs_key] = trial.hyperparameters.get("tuner/epochs")  # Hyperband owns the epoch budget
+            number = int(trial.trial_id)
+            tags = {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number),
+                    "engine": "keras-tuner", "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            try:
+                config = space.config_for(values, overrides)
+            except ConfigError as e:
+                reason = str(e).split(": ", 1)[-1]
+                sweep._record_impossible(client, parent_run_id, tags, values, reason)
+                printed.append(f"trial {number:>3} FAIL     {reason}")
+                raise kt.errors.FailedTrialError(reason) from None
+            try:
+                result = train(config, data_dir=request.data_dir, run_name=f"{study_name}-trial-{number}", tags=tags,
+                               parent_run_id=parent_run_id)
+            except Exception as e:
+                printed.append(f"trial {number:>3} FAIL     {e}")
+                raise kt.errors.FailedTrialError(str(e)) from None
+            client.set_tag(result.run_id, "state", "COMPLETE")
+            value = sweep.objective_value(result, objective.metric)
+            print(f"trial {number:>3} COMPLETE {objective.metric} {value:.4f} ({result.train_seconds:.0f} s) "
+                  + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in values.items()), flush=True)
+            return {objective.metric: value}
+
+    tuner = MlflowTuner(
+        hypermodel=None,
+        objective=kt.Objective(objective.metric, direction="max" if objective.way == "maximize" else "min"),
+        hyperparameters=hp,
+        seed=s.seed,
+        directory=str(project.parent),
+        project_name=study_name,
+        overwrite=False,  # reloading the oracle's saved trials is what resumes a study
+        max_consecutive_failed_trials=max(3, s.budget.n_trials),
+        **budget,
+    )
+    tuner.search(verbose=0)
+    for line in printed:
+        print(line)
+
+    runs = client.search_runs(
+        [tracking.setup()],
+        f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE'",
+        order_by=[f"metrics.{objective.metric} {'DESC' if objective.way == 'maximize' else 'ASC'}"],
+    )
+    summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner", "trials": len(runs)}
+    if runs:
+        best = runs[0]
+        client.set_tag(parent_run_id, "best_trial", best.data.tags["trial_number"])
+        client.log_metric(parent_run_id, f"best_{objective.metric}", best.data.metrics[objective.metric])
+        summary["champion"] = sweep.crown(best.info.run_id, request.data_dir)
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return summary

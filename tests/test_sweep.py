@@ -1,0 +1,211 @@
+"""Sweeps end to end: real Optuna storages, a real MLflow store, the real CLI, real MNIST."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from mnist_lab import tracking
+from mnist_lab.cli import main
+from mnist_lab.config import ConfigError
+from mnist_lab.space import load_space
+
+from conftest import REPO
+
+SMOKE = str(REPO / "experiments" / "smoke.yaml")
+
+
+def runs_of(study_name, kind="trial"):
+    return MlflowClient().search_runs(
+        [tracking.setup()], f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = '{kind}'", max_results=1000
+    )
+
+
+def load(storage, name):
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def finished(study):
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def assert_one_run_per_trial(study_name, study):
+    runs = runs_of(study_name)
+    per_trial = Counter(r.data.tags["trial_number"] for r in runs)
+    assert all(n == 1 for n in per_trial.values()), per_trial  # no duplicate MLflow runs
+    for t in finished(study):
+        assert per_trial[str(t.number)] == 1, t.number  # none lost
+        run = MlflowClient().get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["state"] == t.state.name
+        assert run.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
+    parents = runs_of(study_name, "study")
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs["mlflow_parent_run_id"]
+    return runs
+
+
+def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store, capsys):
+    assert main(["sweep", SMOKE]) == 0
+    storage = f"sqlite:///{store / 'mlruns' / 'optuna.db'}"
+    study = load(storage, "smoke")
+    assert len(finished(study)) == 3
+    runs = assert_one_run_per_trial("smoke", study)
+    client = MlflowClient()
+    parent = runs_of("smoke", "study")[0]
+    for tag in ("space_file", "space", "engine", "sampler", "pruner", "git_commit", "objective"):
+        assert parent.data.tags.get(tag), tag
+    assert parent.data.tags["sampler"] == "random" and parent.info.status == "FINISHED"
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+        assert run.data.params["data.train_size"] == "1000"
+    # The best trial was evaluated once on the test set and became the champion.
+    best = max(runs, key=lambda r: r.data.metrics["val_accuracy"])
+    version = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert version.run_id == best.info.run_id and "test_accuracy" in client.get_run(best.info.run_id).data.metrics
+    out = capsys.readouterr().out
+    assert "registered as mnist-cnn@champion" in out and "top 3 of 3" in out
+
+    # Running the same command again continues the study: nothing is rerun, nothing duplicated.
+    assert main(["sweep", SMOKE]) == 0
+    assert len(load(storage, "smoke").trials) == 3 and len(runs_of("smoke")) == 3
+    # ...and a bigger budget adds trials to the same study, under the same parent run.
+    assert main(["sweep", SMOKE, "--n-trials", "4"]) == 0
+    study = load(storage, "smoke")
+    assert len(finished(study)) == 4
+    assert_one_run_per_trial("smoke", study)
+
+
+def sweep_cmd(*args):
+    return [str(REPO / ".venv" / "bin" / "mnist-lab"), "sweep", SMOKE, *args]
+
+
+def test_a_sweep_killed_mid_trial_resumes_without_duplicates(store):
+    env = os.environ | {"MNIST_LAB_HEARTBEAT_SECONDS": "1", "MNIST_LAB_GRACE_SECONDS": "4", "CI": "true"}
+    slow = ["data.train_size=3000", "train.epochs=2"]  # long enough to be killed in the middle
+    proc = subprocess.Popen(sweep_cmd("--n-trials", "3", *slow), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{store / 'mlruns' / 'optuna.db'}"
+    deadline = time.time() + 240
+    victim = None
+    while time.time() < deadline and victim is None:
+        time.sleep(1)
+        try:
+            study = load(storage, "smoke")
+        except Exception:
+            continue
+        for t in study.trials:
+            if t.state == optuna.trial.TrialState.RUNNING and t.number >= 1 and "mlflow_run_id" in t.user_attrs:
+                victim = t
+    assert victim is not None, "no second trial started in time"
+    time.sleep(2)  # inside the fit
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    out = subprocess.run(sweep_cmd("--n-trials", "3", *slow), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = load(storage, "smoke")
+    assert len(finished(study)) == 3
+    dead = study.trials[victim.number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retry = [t for t in study.trials if t.user_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].params == dead.params  # the configuration was retried
+    runs = assert_one_run_per_trial("smoke", study)
+    killed = MlflowClient().get_run(victim.user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and killed.data.tags["state"] == "FAIL"
+    assert len(runs) == len([t for t in study.trials if "mlflow_run_id" in t.user_attrs])
+
+
+def test_two_local_workers_share_one_study(store):
+    out = subprocess.run(sweep_cmd("--n-trials", "4", "--workers", "2"), env=os.environ | {"CI": "true"},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke")
+    assert len(finished(study)) == 4
+    runs = assert_one_run_per_trial("smoke", study)
+    assert len({r.data.tags["worker"] for r in runs}) == 2  # both worker processes took trials
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("params: {model.dropot: {low: 0, high: 0.5}}", "'model.dropot'"),
+        ("params: {model.dropout: {low: 0.5, high: 0.1}}", "low (0.5) > high (0.1)"),
+        ("params: {train.batch_size: {choices: []}}", "choices"),
+        ("params: {train.epochs: {low: 1, high: 3}}\nsampler: bayes", "sampler"),
+        ("params: {train.epochs: {low: 1, high: 3}}\nbudgt: {n_trials: 3}", "unknown key 'budgt' (did you mean 'budget'?)"),
+        ("params: {train.epochs: {low: 1, high: 3}}\nfixed: {train.epochs: 0}", "train.epochs"),
+        ("params: {}", "params"),
+    ],
+)
+def test_invalid_spaces_fail_before_any_trial(tmp_path, text, expected):
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n{text}\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(path)
+    assert str(e.value).startswith(str(path)) and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_reports_a_bad_space_in_one_line(store, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("params: {model.dense.3: {choices: [8]}}\n")
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "out of range" in err and len(err.splitlines()) == 1
+    assert not (store / "mlruns" / "optuna.db").exists() or not optuna.get_all_study_summaries(
+        f"sqlite:///{store / 'mlruns' / 'optuna.db'}")
+
+
+def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_goes_on(store, tmp_path, capsys):
+    space = tmp_path / "doomed.yaml"
+    space.write_text(
+        f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
+        "fixed: {data.train_size: 1000, data.validation_size: 500, train.epochs: 1, model.dense: [32], train.optimizer: sgd}\n"
+        "sampler: grid\npruner: none\nbudget: {n_trials: 1}\n"
+        # a 15x15 kernel cannot see a 14x14 feature map; a learning rate of 1e9 blows the loss up
+        "params:\n  model.conv_blocks.1.kernel_size: {choices: [3, 15]}\n  train.learning_rate: {choices: [1.0e+9]}\n"
+    )
+    assert main(["sweep", str(space)]) == 0  # every trial failed, and the sweep still ended cleanly
+    assert "no complete trial" in capsys.readouterr().out
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "doomed")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3  # it went on after each failure
+    runs = {r.data.tags["trial_number"]: r for r in runs_of("doomed")}
+    kinds = set()
+    for t in study.trials:
+        run = runs[str(t.number)]
+        assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
+        assert run.data.tags["failure_reason"] in t.user_attrs["fail_reason"] or t.user_attrs["fail_reason"] in run.data.tags["failure_reason"]
+        if t.params["model.conv_blocks.1.kernel_size"] == 15:
+            assert "larger than the 14x14 feature map" in t.user_attrs["fail_reason"]
+            kinds.add("impossible")
+        else:
+            assert "loss became" in t.user_attrs["fail_reason"]
+            kinds.add("diverged")
+    assert kinds == {"impossible", "diverged"}
+
+
+def test_keras_tuner_engine_logs_the_same_shape_as_optuna(store):
+    assert main(["sweep", SMOKE, "--study", "opt"]) == 0
+    assert main(["sweep", SMOKE, "--study", "kt", "--engine", "keras-tuner"]) == 0
+    client = MlflowClient()
+
+    def shape(study):
+        runs = runs_of(study)
+        assert len(runs) == 3 and all(r.info.status == "FINISHED" and r.data.tags["state"] == "COMPLETE" for r in runs)
+        parent = runs_of(study, "study")
+        assert len(parent) == 1 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent[0].info.run_id}
+        run = runs[0]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        return (set(run.data.params), set(run.data.metrics), set(run.data.tags) - {"mlflow.runName"},
+                artifacts, set(parent[0].data.tags))
+
+    assert shape("opt") == shape("kt")
+    kt_parent = runs_of("kt", "study")[0]
+    assert kt_parent.data.tags["engine"] == "keras-tuner" and kt_parent.data.tags["sampler"] == "random"
+    # Rerunning resumes the KerasTuner study too: no new runs.
+    assert main(["sweep", SMOKE, "--study", "kt", "--engine", "keras-tuner"]) == 0
+    assert len(runs_of("kt")) == 3 and len(runs_of("kt", "study")) == 1

@@ -1,0 +1,98 @@
+"""Two 'machines' (processes that share nothing but the network) on one study: a real
+PostgreSQL server for Optuna and a real MLflow tracking server, both on 127.0.0.1."""
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO
+from test_sweep import SMOKE, assert_one_run_per_trial, finished
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(cmd):
+    # PostgreSQL refuses to run as root; CI runs as root, a developer usually not.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture
+def postgres():
+    if not PG_BIN:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+    bin_dir = PG_BIN[-1]
+    folder = tempfile.mkdtemp(prefix="mnist-lab-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data, port = os.path.join(folder, "data"), free_port()
+    subprocess.run(as_postgres([f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]), check=True, capture_output=True)
+    subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"), "-o",
+                                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"]), check=True, capture_output=True)
+    try:
+        for db in ("optuna", "mlflow"):
+            subprocess.run(as_postgres([f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db]),
+                           check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def tracking_server(postgres, tmp_path, monkeypatch):
+    port = free_port()
+    server = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "mlflow"), "server", "--backend-store-uri", f"{postgres}/mlflow",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        server.kill()
+        pytest.fail("the MLflow tracking server did not start")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    yield url
+    os.killpg(server.pid, 9)
+    server.wait()
+
+
+def test_two_machines_share_a_study_through_postgresql(store, postgres, tracking_server):
+    storage = f"{postgres}/optuna"
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server, "CI": "true"}
+    cmd = [str(REPO / ".venv" / "bin" / "mnist-lab"), "sweep", SMOKE, "--n-trials", "4", "--storage", storage]
+    # Two separate working folders: the machines share only PostgreSQL and the tracking server.
+    machines = []
+    for name in ("a", "b"):
+        (store / name).mkdir()
+        machines.append(subprocess.Popen(cmd, cwd=store / name, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [m.communicate(timeout=900)[0] for m in machines]
+    assert all(m.returncode == 0 for m in machines), outputs
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    assert len(finished(study)) == 4
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+    runs = assert_one_run_per_trial("smoke", study)
+    assert len({r.data.tags["worker"] for r in runs}) == 2  # both machines took part
+    assert not (store / "a" / "mlruns" / "optuna.db").exists()  # nothing was kept locally
+    assert MlflowClient().get_model_version_by_alias("mnist-cnn", "champion").run_id
