@@ -121,7 +121,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    # argparse stops collecting KEY=VALUE positionals at the first option; take the rest too.
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides += overrides
     # `train CONFIG KEY=VALUE`: argparse cannot tell an override from a config path by position.
     if args.command == "sweep" and args.n_trials is not None and args.n_trials < 1:
         print(f"mnist-lab sweep: error: --n-trials {args.n_trials}: must be at least 1", file=sys.stderr)

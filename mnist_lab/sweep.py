@@ -154,8 +154,7 @@ def parent_run(study, space: LoadedSpace, study_name: str, created: bool, engine
             if run_id:
                 client.update_run(run_id, status="RUNNING")
                 return run_id
-            time.sleep(1)
-            study = type(study)(study_name=study.study_name, storage=study._storage)
+            time.sleep(1)  # user_attrs reads the storage afresh each time
     run_id = create_parent_run(space, study_name, engine)
     study.set_user_attr("mlflow_parent_run_id", run_id)
     return run_id
@@ -313,8 +312,9 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
         values = suggest_optuna(trial, space.space)
         tags = {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(trial.number), "engine": "optuna",
                 "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        if "failed_trial" in trial.user_attrs:
-            tags["retry_of_trial"] = str(trial.user_attrs["failed_trial"])
+        retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial.study.trials[trial.number])
+        if retry_of is not None:
+            tags["retry_of_trial"] = str(retry_of)
         try:
             config = space.config_for(values, overrides)
         except ConfigError as e:

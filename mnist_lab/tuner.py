@@ -112,6 +112,8 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
         f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE'",
         order_by=[f"metrics.{objective.metric} {'DESC' if objective.way == 'maximize' else 'ASC'}"],
     )
+    failed = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
+    client.set_tag(parent_run_id, "trials", f"{len(runs)} complete, 0 pruned, {len(failed)} failed")
     summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner", "trials": len(runs)}
     if runs:
         best = runs[0]

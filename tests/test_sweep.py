@@ -22,8 +22,9 @@ SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
 
 def runs_of(study_name, kind="trial"):
+    experiment_id = tracking.setup()  # before MlflowClient(), which binds to the URI set at that moment
     return MlflowClient().search_runs(
-        [tracking.setup()], f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = '{kind}'", max_results=1000
+        [experiment_id], f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = '{kind}'", max_results=1000
     )
 
 
@@ -112,12 +113,14 @@ def test_a_sweep_killed_mid_trial_resumes_without_duplicates(store):
     assert len(finished(study)) == 3
     dead = study.trials[victim.number]
     assert dead.state == optuna.trial.TrialState.FAIL
-    retry = [t for t in study.trials if t.user_attrs.get("failed_trial") == victim.number]
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].params == dead.params  # the configuration was retried
     runs = assert_one_run_per_trial("smoke", study)
     killed = MlflowClient().get_run(victim.user_attrs["mlflow_run_id"])
     assert killed.info.status == "KILLED" and killed.data.tags["state"] == "FAIL"
     assert len(runs) == len([t for t in study.trials if "mlflow_run_id" in t.user_attrs])
+    retry_run = MlflowClient().get_run(retry[0].user_attrs["mlflow_run_id"])
+    assert retry_run.data.tags["retry_of_trial"] == str(victim.number) and retry_run.info.run_id != killed.info.run_id
 
 
 def test_two_local_workers_share_one_study(store):

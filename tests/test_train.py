@@ -16,7 +16,7 @@ from conftest import REPO, TINY
 
 
 def only_run(client):
-    runs = client.search_runs([tracking.setup()])
+    runs = client.search_runs([tracking.setup()])  # the test has already set the store up
     assert len(runs) == 1
     return runs[0]
 
@@ -85,7 +85,8 @@ def test_bad_input_is_one_line_with_nonzero_exit(store, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "Traceback" not in "".join(err)
     assert "did you mean 'epochs'" in err[1] and ".keras" in err[2]
-    assert not MlflowClient().search_runs([tracking.setup()])  # nothing half-written
+    experiment_id = tracking.setup()
+    assert not MlflowClient().search_runs([experiment_id])  # nothing half-written
 
 
 def test_help_on_every_subcommand():
