@@ -8,10 +8,13 @@ SPACE ?= experiments/sweep.yaml
 TRIALS ?=
 WORKERS ?= 1
 ENGINE ?= optuna
+STUDY ?=
+TOP ?= 3
+SEEDS ?= 3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep test test-all ui clean
+.PHONY: help setup train sweep report confirm test test-all ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +33,12 @@ train: setup ## train CONFIG (default: the baseline) and track it in MLflow
 
 sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optuna|keras-tuner
 	$(BIN)/mnist-lab sweep $(SPACE) --workers $(WORKERS) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(ARGS)
+
+report: setup ## write reports/<study>/index.html for STUDY (default: the latest study)
+	$(BIN)/mnist-lab report $(if $(STUDY),--study $(STUDY)) $(ARGS)
+
+confirm: setup ## retrain the TOP configurations of STUDY with SEEDS seeds each
+	$(BIN)/mnist-lab confirm $(if $(STUDY),--study $(STUDY)) --top $(TOP) --seeds $(SEEDS) $(ARGS)
 
 test: setup ## the test suite, without the slow tests (~10 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

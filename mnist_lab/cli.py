@@ -81,6 +81,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnist_lab import report
+
+    paths = report.run(args.study, args.runs, args.out)
+    print(f"wrote {paths['html']} (open it in a browser), {paths['md']} and {paths['csv']}")
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from mnist_lab import confirm
+
+    results = confirm.run(args.study, args.top, args.seeds, args.data_dir)
+    print(f"{len(results)} confirmation runs; `mnist-lab report{' --study ' + args.study if args.study else ''}` compares them")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-lab", description="Train, sweep, compare and use CNNs on MNIST, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,6 +133,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna")
     _add_data_dir(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write the comparison report of a study (HTML, Markdown, CSV)", description=(
+        "Read a study's runs from MLflow and write reports/<study>/index.html (self-contained), report.md and "
+        "runs.csv, also logged on the study's parent run. Default: the latest study."))
+    p.add_argument("--study", action="append", metavar="NAME", help="a study (repeat to put several side by side)")
+    p.add_argument("--runs", nargs="+", metavar="ID", help="report on these runs instead of a study")
+    p.add_argument("--out", metavar="DIR", help="output folder (default reports/)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("confirm", help="retrain a study's top configurations over several seeds", description=(
+        "Retrain the top K configurations of a study with N training seeds each, tracked under the study, "
+        "so the report can tell real differences from noise."))
+    p.add_argument("--study", metavar="NAME", help="the study (default: the latest)")
+    p.add_argument("--top", type=int, default=3, metavar="K", help="configurations to confirm (default 3)")
+    p.add_argument("--seeds", type=int, default=3, metavar="N", help="training seeds per configuration (default 3)")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_confirm)
     return ap
 
 

@@ -212,3 +212,34 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna(store):
     # Rerunning resumes the KerasTuner study too: no new runs.
     assert main(["sweep", SMOKE, "--study", "kt", "--engine", "keras-tuner"]) == 0
     assert len(runs_of("kt")) == 3 and len(runs_of("kt", "study")) == 1
+
+
+def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path, capsys):
+    space = tmp_path / "pareto.yaml"
+    space.write_text((REPO / "experiments" / "smoke.yaml").read_text()
+                     .replace("base: baseline.yaml", f"base: {REPO / 'experiments' / 'baseline.yaml'}")
+                     .replace("objective: val_accuracy", "objective: [val_accuracy, latency_ms]")
+                     .replace("sampler: random", "sampler: nsga2"))
+    assert main(["sweep", str(space)]) == 0
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "pareto")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(finished(study)) == 3 and study.best_trials  # the Pareto front
+    champion = MlflowClient().get_model_version_by_alias("mnist-cnn", "champion")
+    front_runs = {t.user_attrs["mlflow_run_id"] for t in study.best_trials}
+    assert champion.run_id in front_runs
+    assert all(MlflowClient().get_run(r).data.metrics["latency_ms"] > 0 for r in front_runs)
+
+
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("qmc", "none"), ("grid", "none")])
+def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
+    from mnist_lab.sweep import make_pruner, make_sampler
+
+    params = "{model.dropout: {choices: [0.1, 0.5]}, train.epochs: {choices: [1, 4]}}"
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\nsampler: {sampler}\npruner: {pruner}\nparams: {params}\n")
+    space = load_space(path)
+    assert type(make_sampler(space)).__name__.lower().startswith(sampler[:3])
+    built = make_pruner(space)
+    assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}[pruner] == type(built).__name__
+    if pruner == "hyperband":
+        assert built._max_resource == 4  # the largest epoch count in the space

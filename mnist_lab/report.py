@@ -1,0 +1,597 @@
+"""The comparison report: what a team reads after a study.
+
+    mnist-lab report                          # the latest study
+    mnist-lab report --study sweep --study sweep-kt --out reports/
+    mnist-lab report --runs RUN_ID RUN_ID ...
+
+Reads runs and per-epoch histories from MLflow into pandas and writes
+reports/<study>/index.html (self-contained: images embedded), report.md and runs.csv, then
+logs them on the study's parent run. Sections: summary, leaderboard, learning curves,
+overfitting checks, hyperparameter effects, studies side by side, confirmation over seeds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from mnist_lab import plots, tracking
+from mnist_lab.config import MnistLabError
+from mnist_lab.space import ChoiceParam, Space
+
+sns = plots.sns
+plt = plots.plt
+CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+TOP_CURVES = 5  # trials overlaid in the learning-curve plot
+GRID_CURVES = 24  # trials in the small-multiples grid
+
+
+@dataclass
+class Study:
+    name: str
+    parent: Any  # mlflow Run, or None for an ad-hoc set of runs
+    space: Space | None
+    objective: str  # metric name
+    maximize: bool
+    runs: pd.DataFrame  # one row per trial run: run_id, state, params..., metrics...
+    history: pd.DataFrame  # run_id, epoch, loss, accuracy, val_loss, val_accuracy, epoch_seconds
+    confirm: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def searched(self) -> list[str]:
+        return list(self.space.params) if self.space else []
+
+
+# --- reading MLflow ---------------------------------------------------------------------------
+
+
+def latest_study(client, experiment_ids: list[str]) -> str:
+    parents = client.search_runs(experiment_ids, "tags.`mnist_lab.kind` = 'study'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise MnistLabError("no study in the MLflow store yet: run `make sweep` first (or pass --runs RUN_ID ...)")
+    return parents[0].data.tags["study"]
+
+
+def load_study(client, experiment_ids: list[str], name: str) -> Study:
+    parents = client.search_runs(
+        experiment_ids, f"tags.`mnist_lab.kind` = 'study' and tags.study = '{name}'", order_by=["attributes.start_time DESC"]
+    )
+    if not parents:
+        known = sorted({r.data.tags["study"] for r in client.search_runs(experiment_ids, "tags.`mnist_lab.kind` = 'study'")})
+        raise MnistLabError(f"--study {name}: no such study in the MLflow store (known: {', '.join(known) or 'none'})")
+    parent = parents[0]
+    space = Space.model_validate(yaml.safe_load(parent.data.tags["space"])) if parent.data.tags.get("space") else None
+    objective = space.objective[0] if space else None
+    trials = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'", experiment_ids)
+    confirm = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'confirm'", experiment_ids)
+    return Study(
+        name=name, parent=parent, space=space,
+        objective=objective.metric if objective else "val_accuracy",
+        maximize=(objective.way == "maximize") if objective else True,
+        runs=trials, history=histories(client, list(trials.run_id)) if len(trials) else _empty_history(), confirm=confirm,
+    )
+
+
+def load_runs(client, run_ids: list[str]) -> Study:
+    import mlflow
+
+    rows = []
+    for run_id in run_ids:
+        try:
+            client.get_run(run_id)
+        except Exception:
+            raise MnistLabError(f"--runs {run_id}: no such run in the MLflow store") from None
+        rows.append(mlflow.search_runs(filter_string=f"attributes.run_id = '{run_id}'", search_all_experiments=True))
+    runs = _tidy(pd.concat(rows, ignore_index=True))
+    return Study(name=f"runs-{len(run_ids)}", parent=None, space=None, objective="val_accuracy", maximize=True,
+                 runs=runs, history=histories(client, run_ids))
+
+
+def _search(filter_string: str, experiment_ids: list[str]) -> pd.DataFrame:
+    import mlflow
+
+    return _tidy(mlflow.search_runs(experiment_ids, filter_string=filter_string, max_results=100_000))
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame(columns=["run_id", "state", "status", "trial"])
+    frame = frame.copy()
+    frame["state"] = frame.get("tags.state", pd.Series("COMPLETE", index=frame.index)).fillna(frame["status"])
+    frame["trial"] = pd.to_numeric(frame.get("tags.trial_number", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    return frame.rename(columns={"status": "status"})
+
+
+def _empty_history() -> pd.DataFrame:
+    return pd.DataFrame(columns=["run_id", "epoch", *CURVE_METRICS, "epoch_seconds"])
+
+
+def histories(client, run_ids: list[str]) -> pd.DataFrame:
+    """Per-epoch metrics of many runs, read concurrently (the store answers one metric per call)."""
+    keys = (*CURVE_METRICS, "epoch_seconds")
+
+    def one(run_id: str) -> list[dict]:
+        rows: dict[int, dict] = {}
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                rows.setdefault(m.step, {"run_id": run_id, "epoch": m.step})[key] = m.value
+        return list(rows.values())
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = [row for chunk in pool.map(one, run_ids) for row in chunk]
+    return pd.DataFrame(rows, columns=["run_id", "epoch", *keys]).sort_values(["run_id", "epoch"]) if rows else _empty_history()
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+OVERFIT_PATIENCE = 2  # epochs of rising val_loss (with falling training loss) that count as overfitting
+UNDERFIT_SLOPE = 0.005  # training accuracy still rising this much per epoch at the end: not done learning
+
+
+def fit_checks(h: pd.DataFrame) -> dict[str, Any]:
+    """Generalization gap and over/underfitting verdict of one run's per-epoch history."""
+    h = h.sort_values("epoch").dropna(subset=["val_accuracy"])
+    if h.empty:
+        return {"verdict": "no epochs"}
+    best = h.loc[h.val_accuracy.idxmax()]
+    last = h.iloc[-1]
+    out = {
+        "best_epoch": int(best.epoch),
+        "gap_best": best.accuracy - best.val_accuracy,  # training minus validation accuracy
+        "gap_last": last.accuracy - last.val_accuracy,
+        "loss_gap_best": best.val_loss - best.loss,  # validation minus training loss
+        "loss_gap_last": last.val_loss - last.loss,
+        "min_val_loss_epoch": int(h.loc[h.val_loss.idxmin()].epoch),
+        "overfit_from": None,
+        "underfit": False,
+    }
+    losses, val_losses = h.loss.to_numpy(), h.val_loss.to_numpy()
+    i = int(np.argmin(val_losses))
+    after = range(i + 1, len(h))
+    rising = [j for j in after if val_losses[j] > val_losses[j - 1] and losses[j] < losses[j - 1]]
+    # Overfitting: after its minimum, val_loss rose for >= 2 epochs while training loss kept falling.
+    if len(rising) >= OVERFIT_PATIENCE and val_losses[-1] > val_losses[i]:
+        out["overfit_from"] = int(h.epoch.iloc[i]) + 1
+    if len(h) >= 2 and h.accuracy.iloc[-1] - h.accuracy.iloc[-2] > UNDERFIT_SLOPE and out["overfit_from"] is None:
+        out["underfit"] = True
+    if out["overfit_from"]:
+        out["verdict"] = f"overfitting from epoch {out['overfit_from']}"
+    elif out["underfit"]:
+        out["verdict"] = "underfitting: still improving"
+    elif len(h) < 3:
+        out["verdict"] = "too short to tell"
+    else:
+        out["verdict"] = "good fit"
+    return out
+
+
+def fit_table(study: Study) -> pd.DataFrame:
+    rows = []
+    for run_id, h in study.history.groupby("run_id"):
+        rows.append({"run_id": run_id, **fit_checks(h)})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return study.runs[["run_id", "trial", "state"]].merge(table, on="run_id", how="right").sort_values("trial")
+
+
+def edge_warnings(study: Study, best: pd.Series) -> list[str]:
+    """The playbook's warning: a best value at the edge of its range says the range was too narrow."""
+    out = []
+    for key, p in (study.space.params.items() if study.space else []):
+        value = best.get(f"params.{key}")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if isinstance(p, ChoiceParam):
+            numeric = all(isinstance(c, (int, float)) for c in p.choices)
+            if numeric and len(p.choices) > 2 and str(value) in (str(min(p.choices)), str(max(p.choices))):
+                out.append(f"{key} = {value} is at the edge of the choices {p.choices}")
+            continue
+        value = float(value)
+        span = p.high - p.low
+        if span and (value - p.low <= 0.05 * span or p.high - value <= 0.05 * span):
+            out.append(f"{key} = {value:g} is at the edge of [{p.low:g}, {p.high:g}]: widen the range")
+    return out
+
+
+def importances(study: Study) -> dict[str, float]:
+    """Optuna's parameter importance (PED-ANOVA in Optuna 5) over the complete trials, from MLflow alone."""
+    import optuna
+
+    complete = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[f"metrics.{study.objective}"])
+    if not study.space or len(complete) < 4:
+        return {}
+    from mnist_lab.space import FloatParam, IntParam
+
+    dists = {}
+    for key, p in study.space.params.items():
+        if isinstance(p, ChoiceParam):
+            dists[key] = optuna.distributions.CategoricalDistribution([str(c) for c in p.choices])
+        elif isinstance(p, IntParam):
+            dists[key] = optuna.distributions.IntDistribution(p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            dists[key] = optuna.distributions.FloatDistribution(p.low, p.high, step=p.step, log=p.log)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    memory = optuna.create_study(direction="maximize" if study.maximize else "minimize")
+    for _, row in complete.iterrows():
+        params = {}
+        for key, d in dists.items():
+            raw = row.get(f"params.{key}")
+            if raw is None:
+                continue
+            params[key] = str(raw) if isinstance(d, optuna.distributions.CategoricalDistribution) else (
+                int(float(raw)) if isinstance(d, optuna.distributions.IntDistribution) else float(raw))
+        params = {k: v for k, v in params.items() if not isinstance(dists[k], optuna.distributions.CategoricalDistribution) or v in dists[k].choices}
+        memory.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=float(row[f"metrics.{study.objective}"])))
+    try:
+        return optuna.importance.get_param_importances(memory)
+    except Exception:  # too few or too uniform trials for the evaluator
+        return {}
+
+
+def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Mean ± 95% CI per confirmed configuration, Welch's t-tests between them, plain verdicts."""
+    from scipy import stats
+
+    c = study.confirm
+    if c.empty or "tags.config_rank" not in c:
+        return pd.DataFrame(), pd.DataFrame(), []
+    c = c[c.status == "FINISHED"].copy()
+    c["rank"] = c["tags.config_rank"].astype(int)
+    rows, samples = [], {}
+    for rank, g in c.groupby("rank"):
+        row = {"config": f"#{rank}", "source trial": g["tags.source_trial"].iloc[0], "seeds": len(g)}
+        for metric in ("val_accuracy", "test_accuracy"):
+            x = g[f"metrics.{metric}"].dropna().to_numpy()
+            mean = x.mean() if len(x) else float("nan")
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+            row[metric] = f"{mean:.4f} ± {half:.4f}" if len(x) > 1 else f"{mean:.4f}"
+        samples[rank] = g["metrics.val_accuracy"].dropna().to_numpy()
+        rows.append(row)
+    tests, verdicts = [], []
+    ranks = sorted(samples)
+    for i, a in enumerate(ranks):
+        for b in ranks[i + 1:]:
+            if len(samples[a]) < 2 or len(samples[b]) < 2:
+                continue
+            t, p = stats.ttest_ind(samples[a], samples[b], equal_var=False)
+            diff = samples[a].mean() - samples[b].mean()
+            tests.append({"pair": f"#{a} vs #{b}", "difference in val_accuracy": f"{diff:+.4f}", "Welch t": f"{t:.2f}", "p": f"{p:.3f}"})
+            if p < 0.05:
+                better = a if diff > 0 else b
+                verdicts.append(f"#{better} beats #{b if better == a else a} on validation (p = {p:.3f})")
+            else:
+                verdicts.append(f"#{a} and #{b} are tied within noise (p = {p:.2f}, {len(samples[a])} and {len(samples[b])} seeds)")
+    return pd.DataFrame(rows), pd.DataFrame(tests), verdicts
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _label(row) -> str:
+    trial = row.get("trial")
+    name = f"trial {int(trial)}" if trial is not None and not (isinstance(trial, float) and math.isnan(trial)) else str(row.run_id)[:8]
+    if row.get("state") == "PRUNED":
+        name += f" (pruned@{row.get('tags.pruned_at_epoch', '?')})"
+    return name
+
+
+def ranked(study: Study) -> pd.DataFrame:
+    col = f"metrics.{study.objective}"
+    runs = study.runs.copy()
+    if col not in runs:
+        runs[col] = np.nan
+    order = runs[runs.state.isin(["COMPLETE", "PRUNED", "FINISHED"])].sort_values(col, ascending=not study.maximize, na_position="last")
+    return order
+
+
+def curves_overlay(study: Study, top: pd.DataFrame) -> str:
+    h = study.history.merge(top[["run_id"]].assign(label=[_label(r) for _, r in top.iterrows()]), on="run_id")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        long = h.melt(id_vars=["label", "epoch"], value_vars=[metric, f"val_{metric}"], var_name="split", value_name="value")
+        long["split"] = long.split.map({metric: "training", f"val_{metric}": "validation"})
+        sns.lineplot(long, x="epoch", y="value", hue="label", style="split", markers=True, ax=ax)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: training (solid) vs validation (dashed)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=7)
+    axes[1].get_legend().remove()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def curves_grid(study: Study, runs: pd.DataFrame) -> str:
+    h = study.history.merge(runs[["run_id"]].assign(label=[_label(r) for _, r in runs.iterrows()]), on="run_id")
+    long = h.melt(id_vars=["label", "epoch"], value_vars=["accuracy", "val_accuracy"], var_name="split", value_name="accuracy_value")
+    grid = sns.relplot(long, x="epoch", y="accuracy_value", hue="split", col="label", col_wrap=6, kind="line",
+                       marker="o", height=1.9, aspect=1.2, facet_kws={"sharey": False})
+    grid.set_titles("{col_name}", size=8)
+    grid.set_axis_labels("epoch", "accuracy")
+    return _png(grid.figure)
+
+
+def axis_plots(study: Study) -> str | None:
+    col = f"metrics.{study.objective}"
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[col]) if col in study.runs else pd.DataFrame()
+    if not keys or done.empty:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
+        x = pd.to_numeric(done[f"params.{key}"], errors="coerce")
+        p = study.space.params[key]
+        if isinstance(p, ChoiceParam) or x.isna().any():
+            sns.stripplot(x=done[f"params.{key}"].astype(str), y=done[col], ax=ax, size=6)
+        else:
+            sns.scatterplot(x=x, y=done[col], ax=ax, s=40)
+            if getattr(p, "log", False):
+                ax.set_xscale("log")
+            ax.axvspan(p.low, p.high, color="0.93", zorder=-1)
+        ax.set(xlabel=key, ylabel=study.objective)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def gap_plot(study: Study, fits: pd.DataFrame) -> str | None:
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    if fits.empty or not keys or "gap_last" not in fits:
+        return None
+    merged = fits.merge(study.runs[["run_id", *[f"params.{k}" for k in keys]]], on="run_id")
+    keys = [k for k in keys if pd.to_numeric(merged[f"params.{k}"], errors="coerce").notna().all()][:6]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        sns.regplot(x=pd.to_numeric(merged[f"params.{key}"]), y=merged.gap_last, ax=ax, scatter_kws={"s": 25})
+        ax.set(xlabel=key, ylabel="accuracy gap, last epoch")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def gap_correlations(study: Study, fits: pd.DataFrame) -> pd.DataFrame:
+    from scipy import stats
+
+    if fits.empty or "gap_last" not in fits:
+        return pd.DataFrame()
+    merged = fits.merge(study.runs, on=["run_id", "trial", "state"])
+    rows = []
+    for key in study.searched:
+        x = pd.to_numeric(merged.get(f"params.{key}"), errors="coerce")
+        ok = x.notna() & merged.gap_last.notna()
+        if ok.sum() >= 4 and x[ok].nunique() > 1:
+            rho, p = stats.spearmanr(x[ok], merged.gap_last[ok])
+            rows.append({"hyperparameter": key, "Spearman rho with the gap": round(rho, 2), "p": round(p, 3), "runs": int(ok.sum())})
+    return pd.DataFrame(rows).sort_values("p") if rows else pd.DataFrame()
+
+
+def parallel_coordinates(study: Study) -> str | None:
+    col = f"metrics.{study.objective}"
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[col]) if col in study.runs else pd.DataFrame()
+    if len(keys) < 2 or len(done) < 2:
+        return None
+    frame = pd.DataFrame({k.split(".", 1)[-1]: pd.to_numeric(done[f"params.{k}"], errors="coerce") for k in keys})
+    frame = frame.loc[:, frame.notna().all()]
+    frame = (frame - frame.min()) / (frame.max() - frame.min()).replace(0, 1)  # each axis scaled to [0, 1]
+    frame[study.objective] = done[col].to_numpy()
+    fig, ax = plt.subplots(figsize=(12, 3.8))
+    cmap = plt.get_cmap("viridis")
+    lo, hi = frame[study.objective].min(), frame[study.objective].max()
+    for _, row in frame.sort_values(study.objective, ascending=study.maximize).iterrows():
+        shade = (row[study.objective] - lo) / ((hi - lo) or 1)
+        ax.plot(range(len(frame.columns) - 1), row.drop(study.objective).to_numpy(), color=cmap(shade if study.maximize else 1 - shade), alpha=0.8)
+    ax.set_xticks(range(len(frame.columns) - 1), list(frame.columns[:-1]), rotation=20, fontsize=8)
+    ax.set_ylabel("position in searched range")
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, label=study.objective)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def pareto_plot(study: Study) -> str | None:
+    if not study.space or not study.space.multi_objective:
+        return None
+    a, b = (o.metric for o in study.space.objective[:2])
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[f"metrics.{a}", f"metrics.{b}"]) if f"metrics.{b}" in study.runs else None
+    if done is None or done.empty:
+        return None
+    ways = [o.way for o in study.space.objective[:2]]
+    pts = done[[f"metrics.{a}", f"metrics.{b}"]].to_numpy()
+    sign = np.array([1 if w == "maximize" else -1 for w in ways])
+    front = [i for i, p in enumerate(pts) if not any(((q * sign >= p * sign).all() and (q * sign > p * sign).any()) for q in pts)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(pts[:, 1], pts[:, 0], color="0.6", label="trials")
+    f = pts[sorted(front, key=lambda i: pts[i, 1])]
+    ax.plot(f[:, 1], f[:, 0], "o-", color="crimson", label="Pareto front")
+    ax.set(xlabel=b, ylabel=a, title="Pareto front")
+    ax.legend()
+    return _png(fig)
+
+
+def compare_plot(studies: list[Study]) -> str | None:
+    if len(studies) < 2:
+        return None
+    rows = []
+    for s in studies:
+        r = s.runs.sort_values("start_time") if "start_time" in s.runs else s.runs
+        col = f"metrics.{s.objective}"
+        epochs = s.history.groupby("run_id").epoch.max()
+        seconds = r.get("metrics.train_seconds", pd.Series(0.0, index=r.index)).fillna(0)
+        values = r[col] if col in r else pd.Series(np.nan, index=r.index)
+        best = values.where(r.state == "COMPLETE").cummax() if s.maximize else values.where(r.state == "COMPLETE").cummin()
+        rows.append(pd.DataFrame({"study": s.name, "epochs": r.run_id.map(epochs).fillna(0).cumsum().to_numpy(),
+                                  "seconds": seconds.cumsum().to_numpy(), "best so far": best.ffill().to_numpy()}))
+    frame = pd.concat(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, x in zip(axes, ("epochs", "seconds")):
+        sns.lineplot(frame, x=x, y="best so far", hue="study", drawstyle="steps-post", marker="o", ax=ax)
+        ax.set(xlabel=f"compute spent ({'training epochs' if x == 'epochs' else 'training seconds'})", ylabel=f"best {studies[0].objective} so far")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --- assembling ---------------------------------------------------------------------------------
+
+
+def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4f}" if abs(v) < 10 else f"{v:,.0f}")
+    return out.fillna("")
+
+
+def summarize(study: Study) -> dict[str, Any]:
+    runs, tags = study.runs, (study.parent.data.tags if study.parent else {})
+    states = runs.state.value_counts().to_dict()
+    top = ranked(study)
+    best = top.iloc[0] if len(top) and not pd.isna(top.iloc[0].get(f"metrics.{study.objective}", np.nan)) else None
+    epochs = int(study.history.groupby("run_id").epoch.max().sum()) if len(study.history) else 0
+    commits = sorted(runs.get("tags.git_commit", pd.Series(dtype=str)).dropna().unique())
+    digests = sorted(runs.get("tags.data_digest", pd.Series(dtype=str)).dropna().unique())
+    warnings = []
+    if len(commits) > 1:
+        warnings.append(f"the compared runs come from {len(commits)} code commits: {', '.join(c[:10] for c in commits)}")
+    dirty = runs.get("tags.git_dirty", pd.Series(dtype=str)).eq("true").sum()
+    if dirty:
+        warnings.append(f"{dirty} runs were made from a checkout with uncommitted changes")
+    if len(digests) > 1:
+        warnings.append(f"the compared runs were trained on {len(digests)} different data sets: {', '.join(digests)}")
+    reproduce = None
+    if best is not None and study.space is not None:
+        values = {**study.space.fixed, **{k: best.get(f"params.{k}") for k in study.searched}}
+        base = Path(tags.get("space_file", "experiments/x.yaml")).parent / (study.space.base or "")
+        reproduce = f"mnist-lab train {base if study.space.base else ''} " + " ".join(f"{k}={_yaml_value(v)}" for k, v in values.items())
+    return {
+        "study": study.name, "space_file": tags.get("space_file", "-"), "engine": tags.get("engine", "-"),
+        "sampler": tags.get("sampler", "-"), "pruner": tags.get("pruner", "-"), "objective": tags.get("objective", study.objective),
+        "states": states, "runs": len(runs), "epochs": epochs,
+        "train_seconds": float(runs.get("metrics.train_seconds", pd.Series(dtype=float)).sum()),
+        "best": best, "best_value": None if best is None else best[f"metrics.{study.objective}"],
+        "study_command": tags.get("command", "-"), "reproduce": reproduce,
+        "commits": [c[:12] for c in commits], "digests": digests, "warnings": warnings,
+        "parent_run_id": study.parent.info.run_id if study.parent else None,
+    }
+
+
+def _yaml_value(v: Any) -> str:
+    text = str(v)
+    return text.replace(" ", "") if text.startswith("[") else text
+
+
+def _numeric(values: pd.Series | None) -> pd.Series | None:
+    """MLflow stores params as strings; show numbers as numbers (rounded), the rest as they are."""
+    if values is None:
+        return None
+    as_numbers = pd.to_numeric(values, errors="coerce")
+    return as_numbers if as_numbers.notna().all() else values
+
+
+def leaderboard(study: Study, k: int = 10) -> pd.DataFrame:
+    top = ranked(study).head(k)
+    if top.empty:
+        return pd.DataFrame()
+    best_epoch_acc = study.history.groupby("run_id").val_accuracy.max()
+    last_acc = study.history.sort_values("epoch").groupby("run_id").val_accuracy.last()
+    table = pd.DataFrame({
+        "trial": [_label(r) for _, r in top.iterrows()],
+        **{k.split(".", 1)[-1]: _numeric(top.get(f"params.{k}")) for k in study.searched},
+        "val_accuracy (best epoch)": top.run_id.map(best_epoch_acc).to_numpy(),
+        "val_accuracy (last epoch)": top.run_id.map(last_acc).to_numpy(),
+        "parameters": pd.to_numeric(top.get("params.param_count"), errors="coerce").to_numpy() if "params.param_count" in top else np.nan,
+        "train s": top.get("metrics.train_seconds"),
+        "test_accuracy": top.get("metrics.test_accuracy", pd.Series(np.nan, index=top.index)),
+    })
+    if study.objective not in ("val_accuracy",):
+        table.insert(1, study.objective, top[f"metrics.{study.objective}"].to_numpy())
+    return table.reset_index(drop=True)
+
+
+def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
+    """Write index.html, report.md and runs.csv for `studies` (the first one names the report)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    main = studies[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for s in studies:
+        top = ranked(s)
+        fits = fit_table(s)
+        conf_table, conf_tests, conf_verdicts = confirmation(s)
+        summary = summarize(s)
+        overfit = fits[fits.overfit_from.notna()] if "overfit_from" in fits else pd.DataFrame()
+        sections.append({
+            "name": s.name, "summary": summary,
+            "edges": edge_warnings(s, summary["best"]) if summary["best"] is not None else [],
+            "leaderboard": _fmt(leaderboard(s)),
+            "curves": curves_overlay(s, top.head(TOP_CURVES)) if len(top) and len(s.history) else None,
+            "grid": curves_grid(s, top.head(GRID_CURVES)) if len(top) and len(s.history) else None,
+            "fits": _fmt(fits.drop(columns=["run_id"]).rename(columns={"overfit_from": "overfitting from"})) if len(fits) else pd.DataFrame(),
+            "n_overfit": len(overfit), "n_fits": len(fits),
+            "gap_corr": gap_correlations(s, fits), "gap_plot": gap_plot(s, fits),
+            "axis": axis_plots(s), "importance": importances(s), "parallel": parallel_coordinates(s), "pareto": pareto_plot(s),
+            "confirm": conf_table, "confirm_tests": conf_tests, "confirm_verdicts": conf_verdicts,
+        })
+    env = Environment(loader=PackageLoader("mnist_lab"), autoescape=select_autoescape(["html"]))
+    context = {"title": " vs ".join(s.name for s in studies), "sections": sections, "compare": compare_plot(studies)}
+    paths = {"html": out_dir / "index.html", "md": out_dir / "report.md", "csv": out_dir / "runs.csv"}
+    _write(paths["html"], env.get_template("report.html.j2").render(**context))
+    _write(paths["md"], env.get_template("report.md.j2").render(**context))
+    frames = []
+    for s in studies:
+        fits = fit_table(s)
+        frame = s.runs.assign(study=s.name)
+        if len(fits):
+            frame = frame.merge(fits.drop(columns=["trial", "state"]), on="run_id", how="left")
+        frames.append(frame)
+    csv = pd.concat(frames, ignore_index=True)
+    csv.to_csv(paths["csv"].with_suffix(".tmp"), index=False)
+    paths["csv"].with_suffix(".tmp").replace(paths["csv"])
+    return paths
+
+
+def _write(path: Path, text: str) -> None:
+    # Write next to the target, then rename: a crash never leaves half a report behind.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | None) -> dict[str, Path]:
+    from mlflow import MlflowClient
+
+    experiment_id = tracking.setup()
+    client = MlflowClient()
+    experiments = [experiment_id]
+    if run_ids:
+        studies = [load_runs(client, run_ids)]
+    else:
+        names = study_names or [latest_study(client, experiments)]
+        studies = [load_study(client, experiments, n) for n in names]
+    out_dir = Path(out or "reports") / "-vs-".join(s.name for s in studies)
+    paths = build(studies, out_dir)
+    parent = studies[0].parent
+    if parent is not None:
+        for p in paths.values():
+            client.log_artifact(parent.info.run_id, str(p), artifact_path="report")
+    return paths
