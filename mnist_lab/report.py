@@ -73,6 +73,7 @@ def load_study(client, experiment_ids: list[str], name: str) -> Study:
     objective = space.objective[0] if space else None
     trials = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'", experiment_ids)
     confirm = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'confirm'", experiment_ids)
+    _expand_list_params(trials, space)
     return Study(
         name=name, parent=parent, space=space,
         objective=objective.metric if objective else "val_accuracy",
@@ -94,6 +95,20 @@ def load_runs(client, run_ids: list[str]) -> Study:
     runs = _tidy(pd.concat(rows, ignore_index=True))
     return Study(name=f"runs-{len(run_ids)}", parent=None, space=None, objective="val_accuracy", maximize=True,
                  runs=runs, history=histories(client, run_ids))
+
+
+def _expand_list_params(runs: pd.DataFrame, space: Space | None) -> None:
+    """A searched list entry (model.dense.0) is logged inside its list param (model.dense = [256])."""
+    for key in (space.params if space else []):
+        head, _, index = key.rpartition(".")
+        if f"params.{key}" in runs or not index.isdigit() or f"params.{head}" not in runs:
+            continue
+        def pick(text, i=int(index)):
+            try:
+                return yaml.safe_load(text)[i]
+            except (TypeError, IndexError, yaml.YAMLError):
+                return None
+        runs[f"params.{key}"] = runs[f"params.{head}"].map(pick)
 
 
 def _search(filter_string: str, experiment_ids: list[str]) -> pd.DataFrame:
@@ -303,11 +318,15 @@ def ranked(study: Study) -> pd.DataFrame:
 
 def curves_overlay(study: Study, top: pd.DataFrame) -> str:
     h = study.history.merge(top[["run_id"]].assign(label=[_label(r) for _, r in top.iterrows()]), on="run_id")
+    h["label"] = pd.Categorical(h.label, categories=[_label(r) for _, r in top.iterrows()])
+    h = h.sort_values(["label", "epoch"])
+    h["label"] = h.label.astype(str)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         long = h.melt(id_vars=["label", "epoch"], value_vars=[metric, f"val_{metric}"], var_name="split", value_name="value")
         long["split"] = long.split.map({metric: "training", f"val_{metric}": "validation"})
-        sns.lineplot(long, x="epoch", y="value", hue="label", style="split", markers=True, ax=ax)
+        sns.lineplot(long, x="epoch", y="value", hue="label", style="split", markers=True, ax=ax,
+                     hue_order=list(dict.fromkeys(h.label)), dashes={"training": (1, 0), "validation": (4, 2)})
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: training (solid) vs validation (dashed)")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -318,9 +337,10 @@ def curves_overlay(study: Study, top: pd.DataFrame) -> str:
 
 
 def curves_grid(study: Study, runs: pd.DataFrame) -> str:
-    h = study.history.merge(runs[["run_id"]].assign(label=[_label(r) for _, r in runs.iterrows()]), on="run_id")
+    labels = [_label(r) for _, r in runs.iterrows()]
+    h = study.history.merge(runs[["run_id"]].assign(label=labels), on="run_id")
     long = h.melt(id_vars=["label", "epoch"], value_vars=["accuracy", "val_accuracy"], var_name="split", value_name="accuracy_value")
-    grid = sns.relplot(long, x="epoch", y="accuracy_value", hue="split", col="label", col_wrap=6, kind="line",
+    grid = sns.relplot(long, x="epoch", y="accuracy_value", hue="split", col="label", col_wrap=6, kind="line", col_order=[l for l in labels if l in set(h.label)],
                        marker="o", height=1.9, aspect=1.2, facet_kws={"sharey": False})
     grid.set_titles("{col_name}", size=8)
     grid.set_axis_labels("epoch", "accuracy")
@@ -377,7 +397,9 @@ def gap_correlations(study: Study, fits: pd.DataFrame) -> pd.DataFrame:
     merged = fits.merge(study.runs, on=["run_id", "trial", "state"])
     rows = []
     for key in study.searched:
-        x = pd.to_numeric(merged.get(f"params.{key}"), errors="coerce")
+        if f"params.{key}" not in merged:
+            continue
+        x = pd.to_numeric(merged[f"params.{key}"], errors="coerce")
         ok = x.notna() & merged.gap_last.notna()
         if ok.sum() >= 4 and x[ok].nunique() > 1:
             rho, p = stats.spearmanr(x[ok], merged.gap_last[ok])

@@ -299,7 +299,8 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             if value is None or not math.isfinite(value):
                 return
             self.trial.report(float(value), step=epoch + 1)
-            if self.trial.should_prune():
+            # After the last epoch there is nothing left to save: the trial is complete, not pruned.
+            if epoch + 1 < self.params.get("epochs", 0) and self.trial.should_prune():
                 self.pruned_at = epoch + 1
                 self.model.stop_training = True
 
@@ -563,7 +564,7 @@ def print_top(study, space: LoadedSpace, k: int = 5) -> None:
     table.add_column("epochs", justify="right")
     table.add_column("train s", justify="right")
     for key in space.space.params:
-        table.add_column(key.removeprefix("model.").removeprefix("train."), justify="right")
+        table.add_column(key.removeprefix("model.").removeprefix("train.").replace("conv_blocks.", "conv"), justify="right")
     for t in done[:k]:
         label = f"{t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''}"
         table.add_row(label, *(f"{v:.4f}" for v in t.values), str(t.user_attrs.get("epochs_run", "")),

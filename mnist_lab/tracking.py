@@ -36,7 +36,10 @@ def setup(experiment: str | None = None) -> str:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     artifact_location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        # Set it explicitly too: an earlier set_tracking_uri in this process would win over the variable.
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    else:
         uri, artifact_location = default_store()
         Path("mlruns").mkdir(exist_ok=True)
         mlflow.set_tracking_uri(uri)

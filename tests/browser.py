@@ -1,6 +1,6 @@
 """Open a page in the system's headless Chromium (Debian's package) through Playwright.
 
-    python tests/browser.py reports/sweep/index.html docs/report.png    # a screenshot of a report
+    python tests/browser.py reports/sweep/index.html docs/report.png [SECTION_ID]   # a screenshot
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280) -> dict:
+def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, anchor: str = "") -> dict:
     """Section ids, and for each image whether it loaded (complete, with a natural size)."""
     from playwright.sync_api import sync_playwright
 
@@ -27,7 +27,7 @@ def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280) 
         browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": 900})
-            page.goto(Path(path).resolve().as_uri(), wait_until="load")
+            page.goto(Path(path).resolve().as_uri() + (f"#{anchor}" if anchor else ""), wait_until="load")
             info = page.evaluate(
                 """() => ({
                     sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
@@ -45,4 +45,5 @@ def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280) 
 
 
 if __name__ == "__main__":
-    print(inspect_page(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
+    print(inspect_page(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None,
+                       anchor=sys.argv[3] if len(sys.argv) > 3 else ""))
