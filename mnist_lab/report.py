@@ -127,12 +127,12 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _empty_history() -> pd.DataFrame:
-    return pd.DataFrame(columns=["run_id", "epoch", *CURVE_METRICS, "epoch_seconds"])
+    return pd.DataFrame(columns=["run_id", "epoch", *CURVE_METRICS])
 
 
 def histories(client, run_ids: list[str]) -> pd.DataFrame:
-    """Per-epoch metrics of many runs, read concurrently (the store answers one metric per call)."""
-    keys = (*CURVE_METRICS, "epoch_seconds")
+    """Per-epoch curves of many runs, read concurrently (the store answers one metric of one run per call)."""
+    keys = CURVE_METRICS
 
     def one(run_id: str) -> list[dict]:
         rows: dict[int, dict] = {}
@@ -154,29 +154,29 @@ UNDERFIT_SLOPE = 0.005  # training accuracy still rising this much per epoch at 
 
 def fit_checks(h: pd.DataFrame) -> dict[str, Any]:
     """Generalization gap and over/underfitting verdict of one run's per-epoch history."""
-    h = h.sort_values("epoch").dropna(subset=["val_accuracy"])
+    h = h.sort_values("epoch")
+    h = h[h.val_accuracy.notna()]
     if h.empty:
         return {"verdict": "no epochs"}
-    best = h.loc[h.val_accuracy.idxmax()]
-    last = h.iloc[-1]
+    epoch, acc, val_acc = h.epoch.to_numpy(), h.accuracy.to_numpy(), h.val_accuracy.to_numpy()
+    losses, val_losses = h.loss.to_numpy(), h.val_loss.to_numpy()
+    b = int(np.argmax(val_acc))
+    i = int(np.argmin(val_losses))
     out = {
-        "best_epoch": int(best.epoch),
-        "gap_best": best.accuracy - best.val_accuracy,  # training minus validation accuracy
-        "gap_last": last.accuracy - last.val_accuracy,
-        "loss_gap_best": best.val_loss - best.loss,  # validation minus training loss
-        "loss_gap_last": last.val_loss - last.loss,
-        "min_val_loss_epoch": int(h.loc[h.val_loss.idxmin()].epoch),
+        "best_epoch": int(epoch[b]),
+        "gap_best": acc[b] - val_acc[b],  # training minus validation accuracy
+        "gap_last": acc[-1] - val_acc[-1],
+        "loss_gap_best": val_losses[b] - losses[b],  # validation minus training loss
+        "loss_gap_last": val_losses[-1] - losses[-1],
+        "min_val_loss_epoch": int(epoch[i]),
         "overfit_from": None,
         "underfit": False,
     }
-    losses, val_losses = h.loss.to_numpy(), h.val_loss.to_numpy()
-    i = int(np.argmin(val_losses))
-    after = range(i + 1, len(h))
-    rising = [j for j in after if val_losses[j] > val_losses[j - 1] and losses[j] < losses[j - 1]]
+    rising = [j for j in range(i + 1, len(h)) if val_losses[j] > val_losses[j - 1] and losses[j] < losses[j - 1]]
     # Overfitting: after its minimum, val_loss rose for >= 2 epochs while training loss kept falling.
     if len(rising) >= OVERFIT_PATIENCE and val_losses[-1] > val_losses[i]:
-        out["overfit_from"] = int(h.epoch.iloc[i]) + 1
-    if len(h) >= 2 and h.accuracy.iloc[-1] - h.accuracy.iloc[-2] > UNDERFIT_SLOPE and out["overfit_from"] is None:
+        out["overfit_from"] = int(epoch[i]) + 1
+    if len(h) >= 2 and acc[-1] - acc[-2] > UNDERFIT_SLOPE and out["overfit_from"] is None:
         out["underfit"] = True
     if out["overfit_from"]:
         out["verdict"] = f"overfitting from epoch {out['overfit_from']}"
@@ -337,14 +337,25 @@ def curves_overlay(study: Study, top: pd.DataFrame) -> str:
 
 
 def curves_grid(study: Study, runs: pd.DataFrame) -> str:
-    labels = [_label(r) for _, r in runs.iterrows()]
-    h = study.history.merge(runs[["run_id"]].assign(label=labels), on="run_id")
-    long = h.melt(id_vars=["label", "epoch"], value_vars=["accuracy", "val_accuracy"], var_name="split", value_name="accuracy_value")
-    grid = sns.relplot(long, x="epoch", y="accuracy_value", hue="split", col="label", col_wrap=6, kind="line", col_order=[l for l in labels if l in set(h.label)],
-                       marker="o", height=1.9, aspect=1.2, facet_kws={"sharey": False})
-    grid.set_titles("{col_name}", size=8)
-    grid.set_axis_labels("epoch", "accuracy")
-    return _png(grid.figure)
+    labels = {r.run_id: _label(r) for _, r in runs.iterrows()}
+    groups = dict(list(study.history[study.history.run_id.isin(labels)].groupby("run_id")))
+    order = [run_id for run_id in labels if run_id in groups]
+    cols = 6
+    rows = math.ceil(len(order) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows), squeeze=False, sharex=True)
+    for ax in axes.flat[len(order):]:
+        ax.axis("off")
+    for ax, run_id in zip(axes.flat, order):
+        h = groups[run_id]
+        ax.plot(h.epoch, h.accuracy, "o-", ms=3, label="training")
+        ax.plot(h.epoch, h.val_accuracy, "o--", ms=3, label="validation")
+        ax.set_title(labels[run_id], fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("epoch", fontsize=9)
+    fig.supylabel("accuracy", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def axis_plots(study: Study) -> str | None:
@@ -420,9 +431,15 @@ def parallel_coordinates(study: Study) -> str | None:
     fig, ax = plt.subplots(figsize=(12, 3.8))
     cmap = plt.get_cmap("viridis")
     lo, hi = frame[study.objective].min(), frame[study.objective].max()
-    for _, row in frame.sort_values(study.objective, ascending=study.maximize).iterrows():
-        shade = (row[study.objective] - lo) / ((hi - lo) or 1)
-        ax.plot(range(len(frame.columns) - 1), row.drop(study.objective).to_numpy(), color=cmap(shade if study.maximize else 1 - shade), alpha=0.8)
+    from matplotlib.collections import LineCollection
+
+    ordered = frame.sort_values(study.objective, ascending=study.maximize)
+    xs = np.arange(len(frame.columns) - 1)
+    lines = [np.column_stack([xs, y]) for y in ordered.drop(columns=study.objective).to_numpy()]
+    shade = (ordered[study.objective].to_numpy() - lo) / ((hi - lo) or 1)
+    ax.add_collection(LineCollection(lines, colors=cmap(shade if study.maximize else 1 - shade), alpha=0.8))
+    ax.set_xlim(-0.1, len(xs) - 0.9)
+    ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(range(len(frame.columns) - 1), list(frame.columns[:-1]), rotation=20, fontsize=8)
     ax.set_ylabel("position in searched range")
     fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, label=study.objective)
@@ -556,9 +573,10 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
     main = studies[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
+    all_fits = {s.name: fit_table(s) for s in studies}
     for s in studies:
         top = ranked(s)
-        fits = fit_table(s)
+        fits = all_fits[s.name]
         conf_table, conf_tests, conf_verdicts = confirmation(s)
         summary = summarize(s)
         overfit = fits[fits.overfit_from.notna()] if "overfit_from" in fits else pd.DataFrame()
@@ -581,7 +599,7 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
     _write(paths["md"], env.get_template("report.md.j2").render(**context))
     frames = []
     for s in studies:
-        fits = fit_table(s)
+        fits = all_fits[s.name]
         frame = s.runs.assign(study=s.name)
         if len(fits):
             frame = frame.merge(fits.drop(columns=["trial", "state"]), on="run_id", how="left")
