@@ -196,7 +196,9 @@ def fit_table(study: Study) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return study.runs[["run_id", "trial", "state"]].merge(table, on="run_id", how="right").sort_values("trial")
+    table = study.runs[["run_id", "trial", "state"]].merge(table, on="run_id", how="right").sort_values("trial")
+    first = ["run_id", "trial", "state", "verdict"]  # the verdict before the numbers behind it
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def edge_warnings(study: Study, best: pd.Series) -> list[str]:
@@ -570,7 +572,6 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
     """Write index.html, report.md and runs.csv for `studies` (the first one names the report)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    main = studies[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     all_fits = {s.name: fit_table(s) for s in studies}

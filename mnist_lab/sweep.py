@@ -161,7 +161,6 @@ def parent_run(study, space: LoadedSpace, study_name: str, created: bool, engine
 
 
 def create_parent_run(space: LoadedSpace, study_name: str, engine: str) -> str:
-    import mlflow
     from mlflow import MlflowClient
 
     s = space.space
@@ -378,8 +377,6 @@ def latency_ms(model, repeats: int = 30) -> float:
 
 def _record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
     """An impossible configuration still gets its run, failed, with the reason: no silent gaps."""
-    import mlflow
-
     run = client.create_run(
         tracking.setup(),
         tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
