@@ -141,7 +141,8 @@ def histories(client, run_ids: list[str]) -> pd.DataFrame:
                 rows.setdefault(m.step, {"run_id": run_id, "epoch": m.step})[key] = m.value
         return list(rows.values())
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # Threads pay off against a tracking server (network latency); a local sqlite store gains nothing.
+    with ThreadPoolExecutor(max_workers=4) as pool:
         rows = [row for chunk in pool.map(one, run_ids) for row in chunk]
     return pd.DataFrame(rows, columns=["run_id", "epoch", *keys]).sort_values(["run_id", "epoch"]) if rows else _empty_history()
 
