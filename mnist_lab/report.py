@@ -123,7 +123,7 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["state"] = frame.get("tags.state", pd.Series("COMPLETE", index=frame.index)).fillna(frame["status"])
     frame["trial"] = pd.to_numeric(frame.get("tags.trial_number", pd.Series(np.nan, index=frame.index)), errors="coerce")
-    return frame.rename(columns={"status": "status"})
+    return frame
 
 
 def _empty_history() -> pd.DataFrame:
