@@ -9,6 +9,8 @@ import sys
 
 # TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise on a CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow 3 reports usage to its developers; a lab on a closed network would only wait on it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mnist_lab.config import MnistLabError  # noqa: E402
 

@@ -19,7 +19,8 @@ def build_model(config: Config) -> keras.Model:
     m = config.model
     # A per-layer dtype policy instead of keras.mixed_precision.set_global_policy keeps this
     # function free of global state; the softmax stays float32 for a stable loss.
-    dtype = config.precision
+    # train() resolves 'auto' from the hardware before building; a bare build computes in float32.
+    dtype = "float32" if config.precision == "auto" else config.precision
     stack: list[layers.Layer] = [keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))]
     for block in m.conv_blocks:
         if m.batch_norm:
@@ -40,11 +41,26 @@ def build_model(config: Config) -> keras.Model:
     model = keras.Sequential(stack, name="mnist_cnn")
 
     t = config.train
+    decay = {"weight_decay": t.weight_decay} if t.weight_decay > 0 else {}
     optimizer = {
         "adam": keras.optimizers.Adam,
         "adamw": keras.optimizers.AdamW,
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
-    }[t.optimizer](learning_rate=t.learning_rate)
-    model.compile(optimizer=optimizer, loss=t.loss, metrics=["accuracy"])
+    }[t.optimizer](learning_rate=learning_rate(config), **decay)
+    model.compile(optimizer=optimizer, loss=t.loss, metrics=["accuracy"], steps_per_execution=t.steps_per_execution)
     return model
+
+
+def learning_rate(config: Config) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate, or its schedule over the run's optimizer steps (known from the config alone)."""
+    t = config.train
+    total = t.epochs * t.steps_per_epoch(config.data.train_count())
+    if t.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=total)
+    if t.lr_schedule == "one_cycle":
+        warmup = max(1, int(0.3 * total))
+        return keras.optimizers.schedules.CosineDecay(
+            t.learning_rate / 25, decay_steps=max(1, total - warmup), warmup_target=t.learning_rate, warmup_steps=warmup
+        )
+    return t.learning_rate

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import yaml
 
 from mnist_lab import plots, tracking
 from mnist_lab.config import MnistLabError
 from mnist_lab.space import ChoiceParam, Space
 
-sns = plots.sns
 plt = plots.plt
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 TOP_CURVES = 5  # trials overlaid in the learning-curve plot

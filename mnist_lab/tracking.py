@@ -38,12 +38,16 @@ def setup(experiment: str | None = None) -> str:
     artifact_location = None
     if os.environ.get("MLFLOW_TRACKING_URI"):
         # Set it explicitly too: an earlier set_tracking_uri in this process would win over the variable.
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        uri = os.environ["MLFLOW_TRACKING_URI"]
     else:
         uri, artifact_location = default_store()
         Path("mlruns").mkdir(exist_ok=True)
-        mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    if (uri, name) in _experiments:
+        # Once per process and store: a sweep calls this for every trial.
+        mlflow.set_experiment(experiment_id=_experiments[uri, name])
+        return _experiments[uri, name]
     found = mlflow.get_experiment_by_name(name)
     if found is None:
         try:
@@ -54,7 +58,11 @@ def setup(experiment: str | None = None) -> str:
     else:
         experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
+    _experiments[uri, name] = experiment_id
     return experiment_id
+
+
+_experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
 
 
 @lru_cache(maxsize=1)
@@ -117,6 +125,7 @@ def provenance_tags() -> dict[str, str]:
     }
 
 
+@lru_cache(maxsize=1)
 def pip_freeze() -> str:
     from importlib.metadata import distributions
 

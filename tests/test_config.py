@@ -9,7 +9,7 @@ def test_defaults_are_the_baseline_tutorial():
     c = load_config(REPO / "experiments/baseline.yaml")
     assert c == Config()
     assert [(b.filters, b.kernel_size, b.pool_size) for b in c.model.conv_blocks] == [(32, 5, 2), (64, 5, 2)]
-    assert c.model.dense == [1024] and c.model.dropout == 0.5 and c.model.padding == "same"
+    assert c.model.dense == [1024] and c.model.dropout == 0.5 and c.model.padding == "valid"
     assert (c.train.optimizer, c.train.batch_size, c.train.epochs, c.train.loss) == ("adam", 32, 3, "categorical_crossentropy")
     assert c.data.validation_count() == 5000
 
@@ -48,7 +48,7 @@ def write(tmp_path, text):
         ("model:\n  conv_blocks: [{filters: 0}]\n", "model.conv_blocks.0.filters"),
         ("model:\n  conv_blocks: [{filters: 8, filtrs: 3}]\n", "unknown key 'model.conv_blocks.0.filtrs'"),
         ("model:\n  dense: [0]\n", "model.dense: widths must be positive"),
-        ("model:\n  padding: valid\n  conv_blocks: [{kernel_size: 7}, {kernel_size: 7}, {kernel_size: 7}]\n",
+        ("model:\n  conv_blocks: [{kernel_size: 7}, {kernel_size: 7}, {kernel_size: 7}]\n",
          "model.conv_blocks.2.kernel_size: 7 is larger than the 2x2 feature map it sees; use at most 2"),
         ("model:\n  conv_blocks: [{kernel_size: 29}]\n", "model.conv_blocks.0.kernel_size: 29 is larger than the 28x28"),
         ("data:\n  validation_size: 1.5\n", "data.validation_size"),

@@ -1,6 +1,7 @@
 """Tracked training end to end: the real CLI, a real MLflow store, real MNIST digits."""
 
 import subprocess
+from pathlib import Path
 import sys
 
 import mlflow
@@ -10,7 +11,7 @@ from mlflow import MlflowClient
 from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.config import load_config
-from mnist_lab.train import TrainingDiverged, train
+from mnist_lab.train import TrainingDiverged, bfloat16_hardware, model_requirements, train
 
 from conftest import REPO, TINY
 
@@ -30,6 +31,9 @@ def test_train_logs_params_curves_tags_and_artifacts(store):
     # params: the flattened resolved config
     assert run.data.params["model.conv_blocks.1.filters"] == "64" and run.data.params["train.epochs"] == "2"
     assert run.data.params["data.train_size"] == "2000"
+    assert run.data.params["param_count"] == "1111946"  # the tutorial's network
+    # precision: auto is resolved from the hardware and the run records what it trained with
+    assert run.data.params["precision"] == ("mixed_bfloat16" if bfloat16_hardware() else "float32")
     # per-epoch curves, step = epoch
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
@@ -49,6 +53,9 @@ def test_train_logs_params_curves_tags_and_artifacts(store):
     logged = client.search_logged_models([run.info.experiment_id])
     info = mlflow.models.get_model_info(f"models:/{logged[0].model_id}")
     assert "keras" in info.flavors and info.signature is not None and info.saved_input_example_info is not None
+    # pinned from the installed distributions, not inferred by a subprocess per model
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{logged[0].model_id}")).read_text().split()
+    assert set(model_requirements()) <= set(requirements) and any(r.startswith("tensorflow==") for r in requirements)
 
 
 def test_evaluate_test_and_save_then_predict(store, test_digits, tmp_path):
