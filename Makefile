@@ -14,7 +14,7 @@ SEEDS ?= 3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep report confirm test test-all ui clean
+.PHONY: help setup train sweep report confirm test test-all bench ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,11 +40,14 @@ report: setup ## write reports/<study>/index.html for STUDY (default: the latest
 confirm: setup ## retrain the TOP configurations of STUDY with SEEDS seeds each
 	$(BIN)/mnist-lab confirm $(if $(STUDY),--study $(STUDY)) --top $(TOP) --seeds $(SEEDS) $(ARGS)
 
-test: setup ## the test suite, without the slow tests (~15 min on 2 cores)
+test: setup ## the test suite, without the slow tests (~8 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 test-all: setup ## every test, the slow ones too
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup ## benchmarks/bench.py: the lab against plain Keras, side by side (~30 min; nothing else running)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 ui: setup ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
 	@mkdir -p mlruns

@@ -168,7 +168,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
         f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
         "fixed: {data.train_size: 1000, data.validation_size: 500, train.epochs: 1, model.dense: [32], train.optimizer: sgd}\n"
         "sampler: grid\npruner: none\nbudget: {n_trials: 1}\n"
-        # a 15x15 kernel cannot see a 14x14 feature map; a learning rate of 1e9 blows the loss up
+        # a 15x15 kernel cannot see the 12x12 feature map; a learning rate of 1e9 blows the loss up
         "params:\n  model.conv_blocks.1.kernel_size: {choices: [3, 15]}\n  train.learning_rate: {choices: [1.0e+9]}\n"
     )
     assert main(["sweep", str(space)]) == 0  # every trial failed, and the sweep still ended cleanly
@@ -182,7 +182,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
         assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
         assert run.data.tags["failure_reason"] in t.user_attrs["fail_reason"] or t.user_attrs["fail_reason"] in run.data.tags["failure_reason"]
         if t.params["model.conv_blocks.1.kernel_size"] == 15:
-            assert "larger than the 14x14 feature map" in t.user_attrs["fail_reason"]
+            assert "larger than the 12x12 feature map" in t.user_attrs["fail_reason"]
             kinds.add("impossible")
         else:
             assert "loss became" in t.user_attrs["fail_reason"]
