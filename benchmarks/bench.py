@@ -341,11 +341,13 @@ def main() -> None:
     ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated sections (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other sections of an existing --out file")
     args = ap.parse_args()
     if not os.environ.get("MNIST_LAB_DATA"):
         sys.exit("bench: set MNIST_LAB_DATA to the folder with the four MNIST IDX files")
     sections = args.only.split(",")
-    results: dict = {"date": date.today().isoformat(), "machine": machine(), "repeats": args.repeats}
+    results: dict = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
+    results |= {"date": date.today().isoformat(), "machine": machine(), "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for key, run in (("a", lambda: bench_a(args.repeats, tmp)), ("b", lambda: bench_b(args.repeats, tmp)),
@@ -356,6 +358,7 @@ def main() -> None:
                 start = time.perf_counter()
                 results[key] = run()
                 print(f"bench {key}: {time.perf_counter() - start:.0f} s", flush=True)
+                Path(args.out).write_text(json.dumps(results, indent=1, default=float))  # a crash later keeps this
     Path(args.out).write_text(json.dumps(results, indent=1, default=float))
     table = tables(results)
     readme = HERE / "README.md"

@@ -75,6 +75,18 @@ class ConvBlock(_Section):
     pool_size: int = Field(2, ge=1)  # max-pooling window and stride; 1 means no pooling
 
 
+class AugmentConfig(_Section):
+    # Random distortions of the training images, as Keras preprocessing layers at the model's input:
+    # active only while training, so the logged model sees the image as it is. 0 disables each.
+    shift: float = Field(0.0, ge=0, le=0.5)  # max translation, fraction of the side (0.1 = up to 2.8 px)
+    rotation: float = Field(0.0, ge=0, le=180)  # max rotation, degrees either way
+    zoom: float = Field(0.0, ge=0, lt=1)  # max zoom in or out, fraction
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.rotation > 0 or self.zoom > 0
+
+
 class ModelConfig(_Section):
     # The tutorial's CNN: two 5x5 conv blocks (32, 64 filters). Its code passes no `padding`, so
     # Keras uses 'valid': 28 -> 24 -> 12 -> 8 -> 4, 1,111,946 parameters in all.
@@ -86,6 +98,7 @@ class ModelConfig(_Section):
     dropout: float = 0.5  # rate before the output layer; 0 disables it
     activation: Literal["relu", "elu", "gelu", "swish", "tanh"] = "relu"
     batch_norm: bool = False  # BatchNormalization after each conv, before the activation
+    augment: AugmentConfig = AugmentConfig()
 
     @field_validator("dense")
     @classmethod

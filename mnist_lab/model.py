@@ -22,6 +22,14 @@ def build_model(config: Config) -> keras.Model:
     # train() resolves 'auto' from the hardware before building; a bare build computes in float32.
     dtype = "float32" if config.precision == "auto" else config.precision
     stack: list[layers.Layer] = [keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))]
+    a = m.augment
+    # Paper is 0 after scaling, so what a distortion uncovers is filled with paper, not smeared ink.
+    if a.shift:
+        stack.append(layers.RandomTranslation(a.shift, a.shift, fill_mode="constant"))
+    if a.rotation:
+        stack.append(layers.RandomRotation(a.rotation / 360, fill_mode="constant"))
+    if a.zoom:
+        stack.append(layers.RandomZoom(a.zoom, fill_mode="constant"))
     for block in m.conv_blocks:
         if m.batch_norm:
             stack += [

@@ -129,5 +129,9 @@ def provenance_tags() -> dict[str, str]:
 def pip_freeze() -> str:
     from importlib.metadata import distributions
 
-    lines = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    lines = set()
+    for d in distributions():
+        meta = d.metadata  # parsed once per distribution: name and version both come from it
+        if meta["Name"]:
+            lines.add(f"{meta['Name']}=={meta['Version']}")
     return "\n".join(sorted(lines, key=str.lower)) + "\n"

@@ -67,3 +67,16 @@ def test_learning_rate_schedules_span_the_whole_run(schedule):
     else:
         assert values[0] == pytest.approx(0.01)
     assert learning_rate(load_config(None, ["train.learning_rate=0.01"])) == 0.01  # constant: a plain float
+
+
+def test_augmentation_layers_act_only_while_training():
+    config = load_config(None, ["model.augment.shift=0.1", "model.augment.rotation=10", "model.augment.zoom=0.1"])
+    model = build_model(config)
+    augment = model.layers[:3]
+    assert [type(l).__name__ for l in augment] == ["RandomTranslation", "RandomRotation", "RandomZoom"]
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    x[:, 8:20, 12:16] = 1.0  # a stroke
+    distort = keras.Sequential(augment)
+    assert np.array_equal(np.asarray(distort(x, training=False)), x)  # inference sees the image as it is
+    assert not np.allclose(np.asarray(distort(x, training=True)), x)
+    assert load_config(None).model.augment.active is False and config.model.augment.active
