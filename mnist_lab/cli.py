@@ -72,14 +72,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         space_path=args.space, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers, study=args.study,
         storage=args.storage, engine=args.engine, overrides=args.overrides, data_dir=args.data_dir,
     ))
-    champion = summary.get("champion")
-    if champion:
-        verdict = "registered as mnist-cnn@champion" if champion["promoted"] else (
-            f"not promoted: the current champion has val_accuracy {champion['previous_val_accuracy']:.4f}")
-        print(f"best run {champion['run_id']}: val_accuracy {champion['val_accuracy']:.4f}, "
-              f"test_accuracy {champion['test_accuracy']:.4f}; {verdict}")
+    verdict, test = summary.get("verdict"), summary.get("test")
+    if verdict is None:
+        why = "unfinished (run the same command again to continue it)" if summary.get("best") else "no complete trial"
+        print(f"study {summary['study']}: {why}, so no champion")
+        return 0
+    if verdict.promoted:
+        head = f"crowned: registered as mnist-cnn@champion version {verdict.model_version}"
     else:
-        print(f"study {summary['study']}: no complete trial, so no champion")
+        head = f"{verdict.reason}; mnist-cnn@champion stays as it is"
+    print(head)
+    if test:
+        print(f"the one test-set evaluation: run {test['run_id']}, test_accuracy {test['test_accuracy']:.4f}")
     return 0
 
 

@@ -269,7 +269,8 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for rank, g in c.groupby("rank"):
         row = {"config": f"#{rank}", "source trial": g["tags.source_trial"].iloc[0], "seeds": len(g)}
         for metric in ("val_accuracy", "test_accuracy"):
-            x = g[f"metrics.{metric}"].dropna().to_numpy()
+            # the sweep's own confirmation runs are scored on validation only: no test column then
+            x = g.get(f"metrics.{metric}", pd.Series(dtype=float)).dropna().to_numpy()
             mean = x.mean() if len(x) else float("nan")
             half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
             row[metric] = f"{mean:.4f} ± {half:.4f}" if len(x) > 1 else f"{mean:.4f}"

@@ -4,8 +4,9 @@
     fixed: {data.train_size: 20000}     # the same for every trial
     objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
-    pruner: median                      # none | median | hyperband
+    pruner: hyperband                   # none | median | sha | hyperband, on training images seen, 4 reports per epoch
     budget: {n_trials: 20, timeout: 1800}
+    confirm: {top: 2, seeds: 3, reserve: 0.3}   # retrain the best 2 and the baseline to 3 seeds before crowning
     params:
       model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
       train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
@@ -90,14 +91,23 @@ class Budget(_Strict):
     timeout: float | None = Field(None, gt=0)  # seconds for the whole study (per invocation)
 
 
+class Confirm(_Strict):
+    """After the search: retrain the top configurations and the baseline over seeds before crowning."""
+
+    top: int = Field(2, ge=1)  # configurations confirmed besides the baseline
+    seeds: int = Field(3, ge=2)  # training seeds each ends with; the trial's own run counts as the first
+    reserve: float = Field(0.3, ge=0, lt=1)  # fraction of budget.timeout kept for it: the search gets the rest
+
+
 class Space(_Strict):
     base: str | None = None
     fixed: dict[str, Any] = {}
     objective: list[Objective] = [Objective()]
     sampler: Literal["tpe", "random", "qmc", "grid", "nsga2"] = "tpe"
-    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner: Literal["none", "median", "sha", "hyperband"] = "median"
     tuner: Literal["random", "bayesian", "hyperband"] | None = None  # the KerasTuner algorithm (engine keras-tuner)
     budget: Budget = Budget()
+    confirm: Confirm = Confirm()
     seed: int | None = 0  # the sampler's seed, so a study can be repeated
     params: dict[str, IntParam | FloatParam | ChoiceParam] = Field(min_length=1)
 
@@ -162,7 +172,7 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "IntParam", "FloatParam", "ChoiceParam")))
         if first["type"] == "extra_forbidden":
-            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout"]
+            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "top", "seeds", "reserve"]
             close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(known)})"
             raise ConfigError(f"{path}: unknown key '{loc}'{hint}") from None

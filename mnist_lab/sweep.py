@@ -5,7 +5,8 @@
     mnist-lab sweep experiments/sweep.yaml --engine keras-tuner
     mnist-lab sweep experiments/sweep.yaml --storage postgresql://user@db/optuna   # one per machine
 
-A study is one parent MLflow run with one nested run per trial. Running the same command
+A study is one parent MLflow run with one nested run per trial (mnist_lab/study.py holds what
+the two engines share, confirmation and crowning included). Running the same command
 again continues the study: finished trials stay, a trial whose worker died (no heartbeat
 for GRACE_SECONDS) is marked failed and its configuration retried. `n_trials` counts
 finished trials (complete or pruned) over the whole study, across restarts and workers.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import socket
 import threading
 import time
 import warnings
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnist_lab import study as studies
 from mnist_lab import tracking
 from mnist_lab.config import ConfigError, MnistLabError, parse_overrides
 from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
@@ -31,6 +32,8 @@ from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
 GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
 MAX_RETRY = 2  # times a dead worker's configuration is tried again
+REPORTS_PER_EPOCH = 4  # validation scores the pruner sees per epoch: 3 on a slice, then the full set
+SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 
 
 @dataclass
@@ -58,7 +61,9 @@ def run(request: SweepRequest) -> dict[str, Any]:
     space.config_for({}, overrides)  # a bad override fails here, before any trial
     if request.workers < 1:
         raise MnistLabError(f"--workers {request.workers}: must be at least 1")
-    study_name = request.study or Path(request.space_path).stem
+    # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
+    # its own study instead of mixing its trials, counts and champion into Optuna's.
+    study_name = request.study or f"{Path(request.space_path).stem}-{request.engine}"
     tracking.setup()
     if request.engine == "keras-tuner":
         from mnist_lab import tuner
@@ -73,17 +78,23 @@ def run(request: SweepRequest) -> dict[str, Any]:
 def make_storage(url: str):
     import optuna
 
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=_on_dead_trial,
-            engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
-        )
-    except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MnistLabError(f"--storage {url}: cannot open the Optuna storage ({first})") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=_on_dead_trial,
+                engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+            )
+        except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
+            # Machines starting together race to create Optuna's tables: the loser's CREATE fails
+            # on what the winner just made, and a second look finds the schema complete.
+            if attempt < 2 and ("already exists" in str(e) or "duplicate key" in str(e)):
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MnistLabError(f"--storage {url}: cannot open the Optuna storage ({first})") from None
 
 
 def make_sampler(space: LoadedSpace, worker: int = 0):
@@ -105,17 +116,28 @@ def make_sampler(space: LoadedSpace, worker: int = 0):
 
 
 def make_pruner(space: LoadedSpace):
+    """Pruners on training images seen (Optuna's step), fed 4 times per epoch; see `ReportProgress`."""
     import optuna
 
     s = space.space
-    max_epochs = space.config_for({}).train.epochs
+    base = space.config_for({})
+    max_epochs = base.train.epochs
     for key, p in s.params.items():
         if key == "train.epochs":
             max_epochs = getattr(p, "high", None) or max(p.choices)
+    epoch = base.data.train_count()
     if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+        # Not before a quarter epoch: the first reports of every trial are noise.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch // REPORTS_PER_EPOCH)
+    if s.pruner == "sha":
+        # Successive halving: at a quarter epoch, then 3x, 9x... as many images, keep the best third.
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
     if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(int(max_epochs), 1), reduction_factor=3)
+        # Rungs from a quarter epoch up to the longest trial, keeping a third at each: a hopeless
+        # trial stops within its first epoch, and trials are compared at equal images seen.
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, epoch // REPORTS_PER_EPOCH), max_resource=max(1, int(max_epochs) * epoch), reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -155,37 +177,9 @@ def parent_run(study, space: LoadedSpace, study_name: str, created: bool, engine
                 client.update_run(run_id, status="RUNNING")
                 return run_id
             time.sleep(1)  # user_attrs reads the storage afresh each time
-    run_id = create_parent_run(space, study_name, engine)
+    run_id = studies.create_parent_run(space, study_name, engine)
     study.set_user_attr("mlflow_parent_run_id", run_id)
     return run_id
-
-
-def create_parent_run(space: LoadedSpace, study_name: str, engine: str) -> str:
-    from mlflow import MlflowClient
-
-    s = space.space
-    commit, dirty = tracking.git_state()
-    client = MlflowClient()
-    run = client.create_run(
-        tracking.setup(),
-        run_name=study_name,
-        tags={
-            "mnist_lab.kind": "study",
-            "study": study_name,
-            "space_file": str(space.path),
-            "space": space.text[:5000],
-            "engine": engine,
-            "sampler": s.sampler,
-            "pruner": s.pruner,
-            "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective),
-            "n_trials": str(s.budget.n_trials),
-            "git_commit": commit,
-            "git_dirty": str(dirty).lower(),
-            "command": tracking.command_line(),
-        },
-    )
-    client.log_text(run.info.run_id, space.text, f"space/{space.path.name}")
-    return run.info.run_id
 
 
 def _on_dead_trial(study, trial) -> None:
@@ -271,6 +265,7 @@ def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, 
 def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_dir: str | None, parent_run_id: str, budget: int):
     import keras
     import mlflow
+    import numpy as np
     import optuna
     from mlflow import MlflowClient
     from optuna.trial import TrialState
@@ -282,25 +277,54 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
     objectives = space.space.objective
     report_metric = objectives[0].metric if len(objectives) == 1 and objectives[0].metric in EPOCH_METRICS else None
 
-    class ReportEpochs(keras.callbacks.Callback):
-        """Feeds the per-epoch validation metric to Optuna's pruner; stops the fit when told."""
+    class ReportProgress(keras.callbacks.Callback):
+        """Feeds the pruner 4 validation scores per epoch, at training images seen; stops the fit when told.
 
-        def __init__(self, trial):
+        Within an epoch: accuracy on a fixed stratified slice of the validation set (a second's
+        work), so a hopeless trial stops in its first epoch; at each epoch's end: the full set.
+        """
+
+        def __init__(self, trial, config):
             super().__init__()
-            self.trial, self.pruned_at, self.run_id = trial, None, None
+            self.trial, self.config, self.pruned_at, self.run_id = trial, config, None, None
+            self.batch = config.train.batch_size
+            self.epoch_images = config.data.train_count()
+            self.every = max(1, config.train.steps_per_epoch(self.epoch_images) // REPORTS_PER_EPOCH)
+            self.slice = None
 
         def on_train_begin(self, logs=None):
             self.run_id = mlflow.active_run().info.run_id
             self.trial.set_user_attr("mlflow_run_id", self.run_id)
+            if report_metric == "val_accuracy":
+                self.slice = validation_slice(self.config, data_dir)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.next_report = epoch, self.every
+
+        def on_train_batch_end(self, batch, logs=None):
+            # With steps_per_execution, Keras calls this once per compiled call, `batch` being its last step.
+            if self.slice is None or batch + 1 < self.next_report or self.next_report >= self.every * REPORTS_PER_EPOCH:
+                return
+            seen = (batch + 1) * self.batch
+            if seen >= self.epoch_images:
+                return  # the epoch's last call: its end reports the full validation set at this step
+            self.next_report = (batch + 1) // self.every * self.every + self.every
+            x, y = self.slice
+            accuracy = float(np.mean(self.model.predict_on_batch(x).argmax(axis=1) == y))
+            self.report(accuracy, self.epoch * self.epoch_images + seen)
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(report_metric) if report_metric else None
-            if value is None or not math.isfinite(value):
+            if value is not None and math.isfinite(value):
+                self.report(float(value), (epoch + 1) * self.epoch_images, last=epoch + 1 >= self.params.get("epochs", 0))
+
+        def report(self, value: float, images_seen: int, last: bool = False) -> None:
+            if self.pruned_at:
                 return
-            self.trial.report(float(value), step=epoch + 1)
+            self.trial.report(value, step=images_seen)
             # After the last epoch there is nothing left to save: the trial is complete, not pruned.
-            if epoch + 1 < self.params.get("epochs", 0) and self.trial.should_prune():
-                self.pruned_at = epoch + 1
+            if not last and self.trial.should_prune():
+                self.pruned_at = images_seen
                 self.model.stop_training = True
 
     def objective(trial: optuna.Trial):
@@ -310,8 +334,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             trial.set_user_attr("surplus", True)
             raise Surplus("the study's budget was already taken by other workers")
         values = suggest_optuna(trial, space.space)
-        tags = {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(trial.number), "engine": "optuna",
-                "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        tags = studies.trial_tags(study_name, trial.number, "optuna")
         retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial.study.trials[trial.number])
         if retry_of is not None:
             tags["retry_of_trial"] = str(retry_of)
@@ -319,13 +342,13 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             config = space.config_for(values, overrides)
         except ConfigError as e:
             reason = str(e).split(": ", 1)[-1]
-            _record_impossible(client, parent_run_id, tags, values, reason)
+            studies.record_impossible(client, parent_run_id, tags, values, reason)
             trial.set_user_attr("fail_reason", reason)
             raise
-        watcher = ReportEpochs(trial)
+        watcher = ReportProgress(trial, config)
         try:
             result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
-                           callbacks=[watcher], parent_run_id=parent_run_id)
+                           callbacks=[watcher], parent_run_id=parent_run_id, progress=False)
         except Exception as e:
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
@@ -337,9 +360,10 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
         trial.set_user_attr("param_count", result.param_count)
         if watcher.pruned_at:
             client.set_tag(result.run_id, "state", "PRUNED")
-            client.set_tag(result.run_id, "pruned_at_epoch", str(watcher.pruned_at))
-            raise optuna.TrialPruned(f"pruned after epoch {watcher.pruned_at}")
-        scores = [objective_value(result, o.metric) for o in objectives]
+            client.set_tag(result.run_id, "pruned_at_images", str(watcher.pruned_at))
+            client.set_tag(result.run_id, "pruned_at_epoch", f"{watcher.pruned_at / config.data.train_count():.2f}")
+            raise optuna.TrialPruned(f"pruned after {watcher.pruned_at:,} training images")
+        scores = [studies.objective_value(result, o.metric) for o in objectives]
         client.set_tag(result.run_id, "state", "COMPLETE")
         for o, v in zip(objectives, scores):
             if o.metric == "latency_ms":
@@ -349,42 +373,20 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
     return objective
 
 
-def objective_value(result, metric: str) -> float:
-    if metric == "val_accuracy":
-        return result.val_accuracy
-    if metric == "val_loss":
-        return result.val_loss
-    if metric == "param_count":
-        return float(result.param_count)
-    if metric == "train_seconds":
-        return result.train_seconds
-    return latency_ms(result.model)
-
-
-def latency_ms(model, repeats: int = 30) -> float:
-    """Median time to classify one image, ms: what a person waiting on `predict` feels."""
+def validation_slice(config, data_dir: str | None, size: int = SLICE_IMAGES):
+    """The same stratified `size` validation images for every trial of a split, as model input and labels."""
     import numpy as np
 
-    x = np.zeros((1, 28, 28, 1), np.float32)
-    model(x, training=False)  # warm-up: tracing and allocation are not latency
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x, training=False)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    from mnist_lab import data
 
-
-def _record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
-    """An impossible configuration still gets its run, failed, with the reason: no silent gaps."""
-    run = client.create_run(
-        tracking.setup(),
-        tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
-        run_name=f"{tags['study']}-trial-{tags['trial_number']}",
-    )
-    for key, value in values.items():
-        client.log_param(run.info.run_id, key, value)
-    client.set_terminated(run.info.run_id, status="FAILED")
+    split = data.load_split(config.data, data_dir)
+    if len(split.y_val) <= size:
+        return data.to_model_input(split.x_val), split.y_val
+    rng = np.random.default_rng(0)
+    per_class = [rng.permutation(np.flatnonzero(split.y_val == k)) for k in range(10)]
+    # Each digit in its share of the validation set, so the slice's accuracy tracks the full one.
+    take = np.concatenate([idx[: round(size * len(idx) / len(split.y_val))] for idx in per_class])
+    return data.to_model_input(split.x_val[take]), split.y_val[take]
 
 
 def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest) -> dict[str, Any]:
@@ -398,8 +400,11 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
         if baseline:
             # The first trial is the base config itself: every other trial is judged against it.
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
-    budget = space.space.budget
-    deadline = time.time() + budget.timeout if budget.timeout else None
+    budget, confirm = space.space.budget, space.space.confirm
+    started = time.time()
+    end = started + budget.timeout if budget.timeout else None
+    # The search leaves `confirm.reserve` of the time budget to the confirmation over seeds.
+    deadline = started + budget.timeout * (1 - confirm.reserve) if budget.timeout else None
     args = (str(space.path), request.n_trials, request.timeout, study_name, storage_url, overrides, request.data_dir, parent_run_id)
     with Progress(study, budget.n_trials, space) as progress:
         if request.workers == 1:
@@ -429,15 +434,50 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
     client = MlflowClient()
     client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed")
     summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": storage_url}
-    done = c.finished >= budget.n_trials
+    # An unfinished study (stopped by failures, not by its budget or time) crowns nothing.
+    done = c.finished >= budget.n_trials or (deadline is not None and time.time() >= deadline)
     best = best_trial(study, space)
     if best is not None:
         client.set_tag(parent_run_id, "best_trial", str(best.number))
         client.log_metric(parent_run_id, f"best_{space.space.objective[0].metric}", best.values[0])
-        summary |= {"best": best, "champion": crown(best.user_attrs["mlflow_run_id"], request.data_dir)}
+        summary["best"] = best
+    if best is not None and done:
+        summary["verdict"] = confirm_stage(study, space, study_name, parent_run_id, request.data_dir, end)
+        verdict = summary["verdict"]
+        if not verdict.deferred:
+            run_id = verdict.best.source_run_id if verdict.promoted else best.user_attrs["mlflow_run_id"]
+            summary["test"] = studies.evaluate_once(run_id, request.data_dir)
     client.set_terminated(parent_run_id, status="FINISHED" if done else "KILLED")
     print_top(study, space)
     return summary
+
+
+def confirm_stage(study, space: LoadedSpace, study_name: str, parent_run_id: str, data_dir: str | None, end: float | None):
+    """The top trials and the baseline, retrained over seeds; the champion only if confirmed."""
+    from optuna.trial import TrialState
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "mlflow_run_id" in t.user_attrs]
+    metrics = [o.metric for o in space.space.objective]
+    i = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
+    if space.space.multi_objective:
+        # Several objectives: the Pareto front's members, most accurate first, are the candidates.
+        front = {t.number for t in study.best_trials}
+        complete = [t for t in complete if t.number in front]
+    sign = 1 if space.space.objective[i].way == "maximize" else -1
+    complete.sort(key=lambda t: -sign * t.values[i])
+    baseline = next((t.user_attrs["mlflow_run_id"] for t in complete if t.user_attrs.get("baseline")), None)
+    confirm = space.space.confirm
+    console.print(f"confirmation: the top {confirm.top} trials{' and the baseline' if baseline else ''}, "
+                  f"{confirm.seeds} training seeds each")
+    verdict = studies.confirm_and_crown(
+        study_name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in complete], baseline, confirm.top, confirm.seeds,
+        data_dir, deadline=end, on_result=lambda c, seed, v: console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"),
+    )
+    for line in studies.describe(verdict):
+        console.print(line)
+    return verdict
 
 
 def best_trial(study, space: LoadedSpace):
@@ -455,36 +495,6 @@ def best_trial(study, space: LoadedSpace):
     i = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
     sign = 1 if space.space.objective[i].way == "maximize" else -1
     return max((t for t in complete if t.number in front), key=lambda t: sign * t.values[i])
-
-
-def crown(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
-    """One test-set evaluation of the study's best run; champion if it beats the current one on validation."""
-    import mlflow
-    import mlflow.keras
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from mnist_lab.train import evaluate_test_set
-
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    if "test_accuracy" in run.data.metrics:  # already evaluated, e.g. when a finished study is rerun
-        test_accuracy = run.data.metrics["test_accuracy"]
-    else:
-        test_accuracy, _ = evaluate_test_set(mlflow.keras.load_model(tracking.model_uri(run_id)), run_id, data_dir)
-    val = run.data.metrics["val_accuracy"]
-    try:
-        current = client.get_model_version_by_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS)
-        current_val = client.get_run(current.run_id).data.metrics.get("val_accuracy", -1.0) if current.run_id else -1.0
-    except MlflowException:
-        current, current_val = None, -1.0
-    promoted = current is None or (current.run_id != run_id and val > current_val)
-    if promoted:
-        version = mlflow.register_model(tracking.model_uri(run_id), tracking.MODEL_NAME)
-        client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, version.version)
-        client.set_tag(run_id, "champion", "true")
-    return {"run_id": run_id, "val_accuracy": val, "test_accuracy": test_accuracy, "promoted": promoted,
-            "previous_val_accuracy": None if current is None else current_val}
 
 
 # --- what a person sees -----------------------------------------------------------------------
@@ -538,7 +548,7 @@ class Progress:
             if t.datetime_complete and t.datetime_complete.timestamp() < self.opened_at:
                 continue  # finished before this invocation: already reported then
             what = {TrialState.COMPLETE: f"{metric.metric} {t.values[0]:.4f}" if t.values else "",
-                    TrialState.PRUNED: f"pruned after epoch {t.last_step}",
+                    TrialState.PRUNED: f"pruned after {t.last_step:,} training images" if t.last_step is not None else "pruned",
                     TrialState.FAIL: t.user_attrs.get("fail_reason", "worker died; configuration retried")}.get(t.state, "")
             secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0
             params = " ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}" for k, v in t.params.items())

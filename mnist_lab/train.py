@@ -172,11 +172,13 @@ def train(
     callbacks: list[keras.callbacks.Callback] = (),
     log_model: bool = True,
     parent_run_id: str | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Train `config` on MNIST, tracked as one MLflow run (nested under an active run, if any).
 
     `callbacks` lets a caller watch or stop the fit (a sweep's pruner); `parent_run_id`
     nests the run under a study's run. The test set is touched only with `evaluate_test=True`.
+    `progress=False` keeps Keras' per-batch bar off (a sweep draws its own display).
     """
     save = check_save_path(save)
     config = resolve_precision(config)
@@ -192,7 +194,8 @@ def train(
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags) as run:
         try:
-            return _fit_and_log(config, model, split, run.info.run_id, data_dir, evaluate_test, save, callbacks, log_model)
+            return _fit_and_log(config, model, split, run.info.run_id, data_dir, evaluate_test, save, callbacks, log_model,
+                                verbose=keras_verbosity() if progress else 0)
         except Exception as e:
             # The run ends as FAILED (MLflow's context manager); say why on the run itself.
             reason = str(e) if isinstance(e, MnistLabError) else f"{type(e).__name__}: {e}"
@@ -200,7 +203,7 @@ def train(
             raise
 
 
-def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model) -> TrainResult:
+def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model, verbose) -> TrainResult:
     x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
     y_train, y_val = split.y_train, split.y_val
     if config.train.loss == "categorical_crossentropy":
@@ -223,7 +226,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         epochs=config.train.epochs,
         validation_data=(x_val, y_val_fit),
         callbacks=fit_callbacks,
-        verbose=keras_verbosity(),
+        verbose=verbose,
     ).history
 
     losses = history.get("loss", [])

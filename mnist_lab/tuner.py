@@ -11,11 +11,10 @@ own state lives in mlruns/keras_tuner/<study>/, which is what makes a rerun resu
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
+from mnist_lab import study as studies
 from mnist_lab import tracking
 from mnist_lab.config import ConfigError, MnistLabError
 from mnist_lab.space import LoadedSpace, declare_keras_tuner
@@ -32,7 +31,6 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     import keras_tuner as kt
     from mlflow import MlflowClient
 
-    from mnist_lab import sweep
     from mnist_lab.train import train
 
     s = space.space
@@ -49,7 +47,7 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
         parent_run_id = parent_file.read_text().strip()
         client.update_run(parent_run_id, status="RUNNING")
     else:
-        parent_run_id = sweep.create_parent_run(space, study_name, engine="keras-tuner")
+        parent_run_id = studies.create_parent_run(space, study_name, engine="keras-tuner")
         client.set_tag(parent_run_id, "sampler", algo)
         project.mkdir(parents=True, exist_ok=True)
         parent_file.write_text(parent_run_id)
@@ -71,23 +69,22 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
             if algo == "hyperband":
                 values[epochs_key] = trial.hyperparameters.get("tuner/epochs")  # Hyperband owns the epoch budget
             number = int(trial.trial_id)
-            tags = {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number),
-                    "engine": "keras-tuner", "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            tags = studies.trial_tags(study_name, number, "keras-tuner")
             try:
                 config = space.config_for(values, overrides)
             except ConfigError as e:
                 reason = str(e).split(": ", 1)[-1]
-                sweep._record_impossible(client, parent_run_id, tags, values, reason)
+                studies.record_impossible(client, parent_run_id, tags, values, reason)
                 printed.append(f"trial {number:>3} FAIL     {reason}")
                 raise kt.errors.FailedTrialError(reason) from None
             try:
                 result = train(config, data_dir=request.data_dir, run_name=f"{study_name}-trial-{number}", tags=tags,
-                               parent_run_id=parent_run_id)
+                               parent_run_id=parent_run_id, progress=False)
             except Exception as e:
                 printed.append(f"trial {number:>3} FAIL     {e}")
                 raise kt.errors.FailedTrialError(str(e)) from None
             client.set_tag(result.run_id, "state", "COMPLETE")
-            value = sweep.objective_value(result, objective.metric)
+            value = studies.objective_value(result, objective.metric)
             print(f"trial {number:>3} COMPLETE {objective.metric} {value:.4f} ({result.train_seconds:.0f} s) "
                   + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in values.items()), flush=True)
             return {objective.metric: value}
@@ -119,6 +116,14 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
         best = runs[0]
         client.set_tag(parent_run_id, "best_trial", best.data.tags["trial_number"])
         client.log_metric(parent_run_id, f"best_{objective.metric}", best.data.metrics[objective.metric])
-        summary["champion"] = sweep.crown(best.info.run_id, request.data_dir)
+        confirm = s.confirm
+        verdict = studies.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], None, confirm.top,
+                                            confirm.seeds, request.data_dir)
+        for line in studies.describe(verdict):
+            print(line)
+        summary["verdict"] = verdict
+        if not verdict.deferred:
+            summary["test"] = studies.evaluate_once(verdict.best.source_run_id if verdict.promoted else best.info.run_id,
+                                                    request.data_dir)
     client.set_terminated(parent_run_id, status="FINISHED")
     return summary

@@ -46,11 +46,11 @@ def test_fit_checks_rules():
 def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
     assert main(["sweep", SMOKE]) == 0
     assert main(["sweep", SMOKE, "--study", "smoke-tpe", "--engine", "keras-tuner"]) == 0
-    assert main(["confirm", "--study", "smoke", "--top", "2", "--seeds", "2"]) == 0
-    assert main(["confirm", "--study", "smoke", "--top", "2", "--seeds", "2"]) == 0  # resumable: nothing redone
+    assert main(["confirm", "--study", "smoke-optuna", "--top", "2", "--seeds", "2"]) == 0
+    assert main(["confirm", "--study", "smoke-optuna", "--top", "2", "--seeds", "2"]) == 0  # resumable: nothing redone
     capsys.readouterr()
-    assert main(["report", "--study", "smoke"]) == 0
-    out = store / "reports" / "smoke"
+    assert main(["report", "--study", "smoke-optuna"]) == 0
+    out = store / "reports" / "smoke-optuna"
     for name in ("index.html", "report.md", "runs.csv"):
         assert (out / name).stat().st_size > 0, name
     csv = pd.read_csv(out / "runs.csv")
@@ -60,9 +60,11 @@ def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
 
     experiment_id = tracking.setup()
     client = MlflowClient()
-    confirms = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm'")
-    assert len(confirms) == 4 and all("test_accuracy" in r.data.metrics for r in confirms)
-    parent = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study' and tags.study = 'smoke'")[0]
+    confirms = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm' and tags.study = 'smoke-optuna'")
+    # seed 1 of the best trial from the sweep's own confirmation (validation only), then seed 2 of it
+    # and seeds 1-2 of the second from `mnist-lab confirm` (with their test evaluations)
+    assert len(confirms) == 4 and sum("test_accuracy" in r.data.metrics for r in confirms) == 3
+    parent = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study' and tags.study = 'smoke-optuna'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/index.html", "report/report.md", "report/runs.csv"}
 
@@ -74,8 +76,8 @@ def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
     assert not page["overflowing"]  # reads on a laptop screen without sideways scrolling
 
     # Two studies side by side (Optuna against KerasTuner): the comparison section appears.
-    assert main(["report", "--study", "smoke", "--study", "smoke-tpe"]) == 0
-    both = inspect_page(store / "reports" / "smoke-vs-smoke-tpe" / "index.html")
+    assert main(["report", "--study", "smoke-optuna", "--study", "smoke-tpe"]) == 0
+    both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-tpe" / "index.html")
     assert "comparison" in both["sections"] and all(i["loaded"] for i in both["images"])
     assert any(i["alt"] == "best so far against compute" for i in both["images"])
 

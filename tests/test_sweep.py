@@ -52,11 +52,11 @@ def assert_one_run_per_trial(study_name, study):
 def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store, capsys):
     assert main(["sweep", SMOKE]) == 0
     storage = f"sqlite:///{store / 'mlruns' / 'optuna.db'}"
-    study = load(storage, "smoke")
+    study = load(storage, "smoke-optuna")
     assert len(finished(study)) == 3
-    runs = assert_one_run_per_trial("smoke", study)
+    runs = assert_one_run_per_trial("smoke-optuna", study)
     client = MlflowClient()
-    parent = runs_of("smoke", "study")[0]
+    parent = runs_of("smoke-optuna", "study")[0]
     for tag in ("space_file", "space", "engine", "sampler", "pruner", "git_commit", "objective"):
         assert parent.data.tags.get(tag), tag
     assert parent.data.tags["sampler"] == "random" and parent.info.status == "FINISHED"
@@ -72,12 +72,12 @@ def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store
 
     # Running the same command again continues the study: nothing is rerun, nothing duplicated.
     assert main(["sweep", SMOKE]) == 0
-    assert len(load(storage, "smoke").trials) == 3 and len(runs_of("smoke")) == 3
+    assert len(load(storage, "smoke-optuna").trials) == 3 and len(runs_of("smoke-optuna")) == 3
     # ...and a bigger budget adds trials to the same study, under the same parent run.
     assert main(["sweep", SMOKE, "--n-trials", "4"]) == 0
-    study = load(storage, "smoke")
+    study = load(storage, "smoke-optuna")
     assert len(finished(study)) == 4
-    assert_one_run_per_trial("smoke", study)
+    assert_one_run_per_trial("smoke-optuna", study)
 
 
 def sweep_cmd(*args):
@@ -95,7 +95,7 @@ def test_a_sweep_killed_mid_trial_resumes_without_duplicates(store):
     while time.time() < deadline and victim is None:
         time.sleep(1)
         try:
-            study = load(storage, "smoke")
+            study = load(storage, "smoke-optuna")
         except Exception:
             continue
         for t in study.trials:
@@ -108,13 +108,13 @@ def test_a_sweep_killed_mid_trial_resumes_without_duplicates(store):
 
     out = subprocess.run(sweep_cmd("--n-trials", "3", *slow), env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    study = load(storage, "smoke")
+    study = load(storage, "smoke-optuna")
     assert len(finished(study)) == 3
     dead = study.trials[victim.number]
     assert dead.state == optuna.trial.TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].params == dead.params  # the configuration was retried
-    runs = assert_one_run_per_trial("smoke", study)
+    runs = assert_one_run_per_trial("smoke-optuna", study)
     killed = MlflowClient().get_run(victim.user_attrs["mlflow_run_id"])
     assert killed.info.status == "KILLED" and killed.data.tags["state"] == "FAIL"
     assert len(runs) == len([t for t in study.trials if "mlflow_run_id" in t.user_attrs])
@@ -126,9 +126,9 @@ def test_two_local_workers_share_one_study(store):
     out = subprocess.run(sweep_cmd("--n-trials", "4", "--workers", "2"), env=os.environ | {"CI": "true"},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke")
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
     assert len(finished(study)) == 4
-    runs = assert_one_run_per_trial("smoke", study)
+    runs = assert_one_run_per_trial("smoke-optuna", study)
     assert len({r.data.tags["worker"] for r in runs}) == 2  # both worker processes took trials
 
 
@@ -173,9 +173,9 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
     )
     assert main(["sweep", str(space)]) == 0  # every trial failed, and the sweep still ended cleanly
     assert "no complete trial" in capsys.readouterr().out
-    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "doomed")
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "doomed-optuna")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3  # it went on after each failure
-    runs = {r.data.tags["trial_number"]: r for r in runs_of("doomed")}
+    runs = {r.data.tags["trial_number"]: r for r in runs_of("doomed-optuna")}
     kinds = set()
     for t in study.trials:
         run = runs[str(t.number)]
@@ -190,9 +190,10 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
     assert kinds == {"impossible", "diverged"}
 
 
-def test_keras_tuner_engine_logs_the_same_shape_as_optuna(store):
-    assert main(["sweep", SMOKE, "--study", "opt"]) == 0
-    assert main(["sweep", SMOKE, "--study", "kt", "--engine", "keras-tuner"]) == 0
+def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(store):
+    # The same space, both engines, default study names: two studies that never mix.
+    assert main(["sweep", SMOKE]) == 0
+    assert main(["sweep", SMOKE, "--engine", "keras-tuner"]) == 0
     client = MlflowClient()
 
     def shape(study):
@@ -210,12 +211,15 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna(store):
             artifacts |= {a.path for a in client.list_artifacts(run.info.run_id)}
         return params, metrics, tags, artifacts, set(parent[0].data.tags)
 
-    assert shape("opt") == shape("kt")
-    kt_parent = runs_of("kt", "study")[0]
+    assert shape("smoke-optuna") == shape("smoke-keras-tuner")
+    kt_parent = runs_of("smoke-keras-tuner", "study")[0]
     assert kt_parent.data.tags["engine"] == "keras-tuner" and kt_parent.data.tags["sampler"] == "random"
-    # Rerunning resumes the KerasTuner study too: no new runs.
-    assert main(["sweep", SMOKE, "--study", "kt", "--engine", "keras-tuner"]) == 0
-    assert len(runs_of("kt")) == 3 and len(runs_of("kt", "study")) == 1
+    assert {r.data.tags["engine"] for r in runs_of("smoke-optuna")} == {"optuna"}
+    assert {r.data.tags["engine"] for r in runs_of("smoke-keras-tuner")} == {"keras-tuner"}
+    # Rerunning resumes the KerasTuner study too: no new runs, and the Optuna study is untouched.
+    assert main(["sweep", SMOKE, "--engine", "keras-tuner"]) == 0
+    assert len(runs_of("smoke-keras-tuner")) == 3 and len(runs_of("smoke-keras-tuner", "study")) == 1
+    assert len(runs_of("smoke-optuna")) == 3 and len(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna").trials) == 3
 
 
 def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path, capsys):
@@ -225,7 +229,7 @@ def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path
                      .replace("objective: val_accuracy", "objective: [val_accuracy, latency_ms]")
                      .replace("sampler: random", "sampler: nsga2"))
     assert main(["sweep", str(space)]) == 0
-    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "pareto")
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "pareto-optuna")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(finished(study)) == 3 and study.best_trials  # the Pareto front
     champion = MlflowClient().get_model_version_by_alias("mnist-cnn", "champion")
@@ -234,7 +238,31 @@ def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path
     assert all(MlflowClient().get_run(r).data.metrics["latency_ms"] > 0 for r in front_runs)
 
 
-@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("qmc", "none"), ("grid", "none")])
+def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
+    # Trial 0 is the base config (learning rate 1e-3); the grid then tries 1e-3 and 1e-6 (which learns
+    # nothing) in either order. Successive halving compares each against the trials before it after a
+    # quarter epoch of images, on the validation slice.
+    space = tmp_path / "hopeless.yaml"
+    space.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
+                     "fixed: {data.train_size: 2000, data.validation_size: 500, train.epochs: 2}\n"
+                     "sampler: grid\npruner: sha\nbudget: {n_trials: 3}\nconfirm: {top: 1, seeds: 2}\n"
+                     "params: {train.learning_rate: {choices: [0.001, 1.0e-6]}}\n")
+    assert main(["sweep", str(space)]) == 0
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "hopeless-optuna")
+    good = study.trials[0]
+    hopeless = next(t for t in study.trials if t.params["train.learning_rate"] == 1e-6)
+    assert good.state == optuna.trial.TrialState.COMPLETE and good.params["train.learning_rate"] == 0.001
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    # at least 4 reports per epoch: the good trial's steps are images seen, 3 within each epoch
+    assert len(good.intermediate_values) >= 8 and max(good.intermediate_values) == 4000
+    assert min(hopeless.intermediate_values) < 2000  # it was stopped inside its first epoch
+    run = MlflowClient().get_run(hopeless.user_attrs["mlflow_run_id"])
+    assert run.data.tags["state"] == "PRUNED" and int(run.data.tags["pruned_at_images"]) < 2000
+    # the pruned trial keeps its partial curve: the interrupted epoch is logged
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+
+
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("random", "sha"), ("qmc", "none"), ("grid", "none")])
 def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     from mnist_lab.sweep import make_pruner, make_sampler
 
@@ -244,6 +272,7 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     space = load_space(path)
     assert type(make_sampler(space)).__name__.lower().startswith(sampler[:3])
     built = make_pruner(space)
-    assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}[pruner] == type(built).__name__
+    assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "sha": "SuccessiveHalvingPruner", "none": "NopPruner"}[pruner] == type(built).__name__
     if pruner == "hyperband":
-        assert built._max_resource == 4  # the largest epoch count in the space
+        # training images seen: the largest epoch count in the space times 55,000 images per epoch
+        assert built._max_resource == 4 * 55_000 and built._min_resource == 55_000 // 4

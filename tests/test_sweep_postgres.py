@@ -89,10 +89,17 @@ def test_two_machines_share_a_study_through_postgresql(store, postgres, tracking
         machines.append(subprocess.Popen(cmd, cwd=store / name, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [m.communicate(timeout=900)[0] for m in machines]
     assert all(m.returncode == 0 for m in machines), outputs
-    study = optuna.load_study(study_name="smoke", storage=storage)
+    study = optuna.load_study(study_name="smoke-optuna", storage=storage)
     assert len(finished(study)) == 4
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
-    runs = assert_one_run_per_trial("smoke", study)
+    runs = assert_one_run_per_trial("smoke-optuna", study)
     assert len({r.data.tags["worker"] for r in runs}) == 2  # both machines took part
     assert not (store / "a" / "mlruns" / "optuna.db").exists()  # nothing was kept locally
     assert MlflowClient().get_model_version_by_alias("mnist-cnn", "champion").run_id
+    # One machine confirmed; the other deferred to it, or (finishing later) found its answer already
+    # crowned: either way one retrained seed and one registered version.
+    assert sum("another worker of this study is running its confirmation" in o or "is already mnist-cnn@champion" in o
+               for o in outputs) == 1
+    confirms = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mnist-lab").experiment_id],
+                                          "tags.`mnist_lab.kind` = 'confirm'")
+    assert len(confirms) == 1 and len(MlflowClient().search_model_versions("name = 'mnist-cnn'")) == 1

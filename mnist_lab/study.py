@@ -1,0 +1,312 @@
+"""What every sweep engine shares: the study's MLflow runs, trial records, the objective, and the
+confirmation over seeds that decides whether a study crowns a new champion.
+
+`sweep.py` (Optuna) and `tuner.py` (KerasTuner) both import this; it imports neither. A study is
+one parent MLflow run (tag `mnist_lab.kind=study`) with one nested run per trial (`trial`) and
+per confirmation seed (`confirm`). After the search, `confirm_and_crown` retrains the top
+configurations and the baseline until each has N seeds, and registers `mnist-cnn@champion`
+only when the best configuration's seed mean beats the baseline's and the current champion's
+with p < ALPHA (Welch's one-sided t-test), measured on the same validation images.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_lab import tracking
+from mnist_lab.config import Config, MnistLabError
+
+ALPHA = 0.05  # one-sided significance a new champion must reach against each incumbent
+# The data settings that decide which images are validation images: runs that differ in any of
+# these (or in the MNIST content digest) were scored on different images and are not compared.
+SPLIT_KEYS = ("data.validation_size", "data.seed")
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
+    return {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number), "engine": engine,
+            "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def create_parent_run(space, study_name: str, engine: str) -> str:
+    from mlflow import MlflowClient
+
+    s = space.space
+    commit, dirty = tracking.git_state()
+    client = MlflowClient()
+    run = client.create_run(
+        tracking.setup(),
+        run_name=study_name,
+        tags={
+            "mnist_lab.kind": "study", "study": study_name, "space_file": str(space.path), "space": space.text[:5000],
+            "engine": engine, "sampler": s.sampler, "pruner": s.pruner,
+            "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials),
+            "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
+        },
+    )
+    client.log_text(run.info.run_id, space.text, f"space/{space.path.name}")
+    return run.info.run_id
+
+
+def record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
+    """An impossible configuration still gets its run, failed, with the reason: no silent gaps."""
+    run = client.create_run(
+        tracking.setup(),
+        tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
+        run_name=f"{tags['study']}-trial-{tags['trial_number']}",
+    )
+    for key, value in values.items():
+        client.log_param(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def objective_value(result, metric: str) -> float:
+    if metric == "val_accuracy":
+        return result.val_accuracy
+    if metric == "val_loss":
+        return result.val_loss
+    if metric == "param_count":
+        return float(result.param_count)
+    if metric == "train_seconds":
+        return result.train_seconds
+    return latency_ms(result.model)
+
+
+def latency_ms(model, repeats: int = 30) -> float:
+    """Median time to classify one image, ms: what a person waiting on `predict` feels."""
+    import numpy as np
+
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    model(x, training=False)  # warm-up: tracing and allocation are not latency
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x, training=False)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def evaluate_once(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
+    """The study's one test-set evaluation, of the run it answers with; reused if already done."""
+    import mlflow.keras
+    from mlflow import MlflowClient
+
+    from mnist_lab.train import evaluate_test_set
+
+    run = MlflowClient().get_run(run_id)
+    if "test_accuracy" in run.data.metrics:  # e.g. a finished study run again
+        return {"run_id": run_id, "test_accuracy": run.data.metrics["test_accuracy"]}
+    accuracy, _ = evaluate_test_set(mlflow.keras.load_model(tracking.model_uri(run_id)), run_id, data_dir)
+    return {"run_id": run_id, "test_accuracy": accuracy}
+
+
+# --- confirmation over seeds -------------------------------------------------------------------
+
+
+def welch_greater(a: list[float], b: list[float]) -> float:
+    """One-sided p-value that mean(a) > mean(b) (Welch's t-test: no equal-variance assumption).
+
+    Identical constant samples (zero spread in both) give p = 1 if the means are equal or a's
+    is lower, and p = 0 if a's is higher: the test is undefined there, the order is not.
+    """
+    import numpy as np
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("Welch's t-test needs at least two seeds on each side")
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 0.0 if np.mean(a) > np.mean(b) else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+@dataclass
+class Contender:
+    """A configuration with its validation accuracy per training seed, and where it was measured."""
+
+    label: str  # "trial 7", "baseline", "current champion (version 3)"
+    rank: int  # 1 = the study's best trial; incumbents come after the candidates
+    source_run_id: str  # the run whose config.yaml (and, for a trial, model) this is
+    config: Config
+    split: tuple  # (data digest, *SPLIT_KEYS values): which validation images the scores are on
+    scores: dict[int, float] = field(default_factory=dict)  # train.seed -> val_accuracy
+
+    @property
+    def values(self) -> list[float]:
+        return [self.scores[s] for s in sorted(self.scores)]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+@dataclass
+class Verdict:
+    promoted: bool
+    reason: str  # one line for the console, the parent run and the report
+    best: Contender | None = None
+    contenders: list[Contender] = field(default_factory=list)
+    p_values: dict[str, float] = field(default_factory=dict)  # incumbent label -> p
+    model_version: str | None = None
+    deferred: bool = False  # another worker of the study confirms: this one has no verdict to act on
+
+
+def contender(client, run, label: str, rank: int) -> Contender:
+    import mlflow
+    import yaml
+
+    config = Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")))
+    split = (run.data.tags.get("data_digest"), *(run.data.params.get(k) for k in SPLIT_KEYS))
+    return Contender(label, rank, run.info.run_id, config, split, {config.train.seed: run.data.metrics["val_accuracy"]})
+
+
+def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender]) -> None:
+    """Fill in seeds already trained for these configurations (by this study or `make confirm`)."""
+    ids = {c.source_run_id: c for c in contenders}
+    for run in client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm' and attributes.status = 'FINISHED'"):
+        c = ids.get(run.data.tags.get("source_run_id"))
+        if c is not None and "val_accuracy" in run.data.metrics:
+            c.scores.setdefault(int(run.data.tags["seed"]), run.data.metrics["val_accuracy"])
+
+
+def train_seeds(c: Contender, seeds: int, parent_run_id: str, study_name: str, data_dir: str | None,
+                deadline: float | None, on_result=None) -> None:
+    """Retrain `c` with new training seeds until it has `seeds` of them (or the deadline passes)."""
+    from mnist_lab.train import train
+
+    seed = 0
+    while len(c.scores) < seeds:
+        if deadline is not None and time.time() > deadline:
+            return
+        while seed in c.scores:
+            seed += 1
+        seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
+        result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False,
+                       run_name=f"confirm · {c.label} · seed {seed}",
+                       tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
+                             "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
+                             "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
+        c.scores[seed] = result.val_accuracy
+        if on_result:
+            on_result(c, seed, result.val_accuracy)
+
+
+def current_champion(client):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS)
+    except MlflowException:
+        return None, None
+    return version, (client.get_run(version.run_id) if version.run_id else None)
+
+
+def judge(best: Contender, incumbents: list[Contender]) -> tuple[bool, str, dict[str, float]]:
+    """Pure: does `best` beat every incumbent on the same validation images with p < ALPHA?"""
+    p_values: dict[str, float] = {}
+    for other in incumbents:
+        if other.split != best.split:
+            return False, (f"no confirmed improvement: {other.label} was scored on other validation images "
+                           f"(data digest, validation_size, data.seed {other.split} against {best.split}); "
+                           "retrain it on this split, or remove its alias, to crown anew"), p_values
+        if len(best.scores) < 2 or len(other.scores) < 2:
+            return False, (f"no confirmed improvement: {best.label} has {len(best.scores)} and {other.label} "
+                           f"{len(other.scores)} seeds; confirmation needs at least 2 each (the time budget ran out)"), p_values
+        p_values[other.label] = welch_greater(best.values, other.values)
+    failed = [label for label, p in p_values.items() if p >= ALPHA]
+    summary = ", ".join(f"{label}: p = {p:.3g}" for label, p in p_values.items())
+    if failed:
+        return False, f"no confirmed improvement: {best.label} ({best.mean:.4f}) does not beat {' and '.join(failed)} with p < {ALPHA} ({summary})", p_values
+    return True, f"{best.label} beats {' and '.join(p_values) or 'no incumbent'} ({best.mean:.4f} over {len(best.scores)} seeds; {summary})", p_values
+
+
+LOCK_TAG = "confirmation_by"  # on the parent run: which worker is confirming, and since when
+LOCK_SETTLE_SECONDS = 2.0  # how long claims may race before the last one written wins
+LOCK_STALE_SECONDS = 6 * 3600  # a claim this old is a worker that died mid-confirmation
+
+
+def claim_confirmation(client, parent_run_id: str) -> bool:
+    """Only one of a study's workers (machines) runs its confirmation: the last claim written wins.
+
+    MLflow tags are last-writer-wins; every claimant writes, waits for the others' writes to land,
+    and reads back. A finished confirmation clears the claim; a stale one is taken over.
+    """
+    held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
+    if held and time.time() - float(held.rsplit("@", 1)[-1]) < LOCK_STALE_SECONDS:
+        return False
+    me = f"{socket.gethostname()}:{os.getpid()}@{time.time():.0f}"
+    client.set_tag(parent_run_id, LOCK_TAG, me)
+    time.sleep(LOCK_SETTLE_SECONDS)
+    return client.get_run(parent_run_id).data.tags.get(LOCK_TAG) == me
+
+
+def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[str], baseline_run_id: str | None,
+                      top: int, seeds: int, data_dir: str | None = None, deadline: float | None = None,
+                      on_result=None) -> Verdict:
+    """Retrain the top `top` trials, the baseline and the current champion to `seeds` seeds; crown if confirmed."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = tracking.setup()
+    if not ranked_run_ids:
+        return Verdict(False, "no confirmed improvement: no trial completed")
+    if not claim_confirmation(client, parent_run_id):
+        return Verdict(False, "another worker of this study is running its confirmation; its verdict goes on the study's run",
+                       deferred=True)
+    try:
+        return _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline_run_id,
+                                  top, seeds, data_dir, deadline, on_result)
+    finally:
+        client.delete_tag(parent_run_id, LOCK_TAG)
+
+
+def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline_run_id, top, seeds,
+                       data_dir, deadline, on_result) -> Verdict:
+    import mlflow
+
+    runs = [client.get_run(r) for r in ranked_run_ids[:top] if r != baseline_run_id]
+    candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
+    incumbents: list[Contender] = []
+    if baseline_run_id:
+        incumbents.append(contender(client, client.get_run(baseline_run_id), "baseline", len(candidates) + 1))
+    version, champion_run = current_champion(client)
+    reigning = champion_run is not None and champion_run.info.run_id in {c.source_run_id for c in candidates}
+    if champion_run is not None and not reigning and champion_run.info.run_id != baseline_run_id:
+        incumbents.append(contender(client, champion_run, f"current champion (version {version.version})", len(candidates) + 2))
+    everyone = candidates + incumbents
+    add_confirmation_runs(client, experiment_id, everyone)
+    if not candidates:
+        return Verdict(False, "no confirmed improvement: the baseline is the best trial", None, everyone)
+    for c in everyone:
+        comparable = c.split == candidates[0].split
+        if comparable:  # a champion from other validation images is not retrained: it cannot be compared anyway
+            train_seeds(c, seeds, parent_run_id, study_name, data_dir, deadline, on_result)
+    best = max(candidates, key=lambda c: c.mean)
+    if reigning and best.source_run_id == champion_run.info.run_id:
+        # A finished study run again: its answer is already the champion; no second version.
+        reason = f"{best.label} is already mnist-cnn@champion (version {version.version})"
+        client.set_tag(parent_run_id, "confirmation", reason)
+        return Verdict(False, reason, best, everyone, model_version=version.version)
+    promoted, reason, p_values = judge(best, incumbents)
+    verdict = Verdict(promoted, reason, best, everyone, p_values)
+    client.set_tag(parent_run_id, "confirmation", reason[:5000])
+    if promoted:
+        source = tracking.model_uri(best.source_run_id)
+        registered = mlflow.register_model(source, tracking.MODEL_NAME)
+        client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, registered.version)
+        verdict.model_version = registered.version
+    return verdict
+
+
+def describe(verdict: Verdict) -> list[str]:
+    """Console lines: each configuration's seed scores, then the verdict."""
+    lines = []
+    for c in verdict.contenders:
+        seeds = ", ".join(f"{c.scores[s]:.4f}" for s in sorted(c.scores))
+        lines.append(f"  {c.label:<32} mean {c.mean:.4f} over {len(c.scores)} seeds ({seeds})")
+    return lines + [("crowned: " if verdict.promoted else "") + verdict.reason]
