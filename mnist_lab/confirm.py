@@ -11,12 +11,11 @@ under the study and tagged `mnist_lab.kind=confirm`, with a final test-set evalu
 
 from __future__ import annotations
 
-import mlflow
-import yaml
 from mlflow import MlflowClient
 
 from mnist_lab import report, tracking
-from mnist_lab.config import Config, MnistLabError
+from mnist_lab.config import MnistLabError
+from mnist_lab.study import run_config
 
 
 def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = None) -> list[dict]:
@@ -35,8 +34,7 @@ def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = Non
             if r.get("status") == "FINISHED"} if len(study.confirm) else set()
     results = []
     for rank, (_, source) in enumerate(ranked.head(top).iterrows(), start=1):
-        text = mlflow.artifacts.load_text(f"runs:/{source.run_id}/config.yaml")
-        config = Config.model_validate(yaml.safe_load(text))
+        config = run_config(source.run_id)
         for seed in range(1, seeds + 1):
             if (source.run_id, str(seed)) in done:
                 continue

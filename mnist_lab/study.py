@@ -156,11 +156,16 @@ class Verdict:
     deferred: bool = False  # another worker of the study confirms: this one has no verdict to act on
 
 
-def contender(client, run, label: str, rank: int) -> Contender:
+def run_config(run_id: str) -> Config:
+    """The resolved config a run trained with (its config.yaml artifact)."""
     import mlflow
     import yaml
 
-    config = Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")))
+    return Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")))
+
+
+def contender(client, run, label: str, rank: int) -> Contender:
+    config = run_config(run.info.run_id)
     split = (run.data.tags.get("data_digest"), *(run.data.params.get(k) for k in SPLIT_KEYS))
     return Contender(label, rank, run.info.run_id, config, split, {config.train.seed: run.data.metrics["val_accuracy"]})
 
