@@ -6,7 +6,7 @@
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
     pruner: hyperband                   # none | median | sha | hyperband, on training images seen, 4 reports per epoch
     budget: {n_trials: 20, timeout: 1800}
-    confirm: {top: 2, seeds: 3, reserve: 0.3}   # retrain the best 2 and the baseline to 3 seeds before crowning
+    confirm: {top: 2, seeds: 3, reserve: 0.1}   # retrain the best 2 and the baseline to 3 seeds before crowning
     params:
       model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
       train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
@@ -96,7 +96,9 @@ class Confirm(_Strict):
 
     top: int = Field(2, ge=1)  # configurations confirmed besides the baseline
     seeds: int = Field(3, ge=2)  # training seeds each ends with; the trial's own run counts as the first
-    reserve: float = Field(0.3, ge=0, lt=1)  # fraction of budget.timeout kept for it: the search gets the rest
+    # The search stops starting trials when the next one and the confirmation (estimated from the
+    # trials' own durations) no longer fit in budget.timeout; at least this fraction stays free.
+    reserve: float = Field(0.1, ge=0, lt=1)
 
 
 class Space(_Strict):

@@ -179,26 +179,34 @@ def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender
             c.scores.setdefault(int(run.data.tags["seed"]), run.data.metrics["val_accuracy"])
 
 
-def train_seeds(c: Contender, seeds: int, parent_run_id: str, study_name: str, data_dir: str | None,
-                deadline: float | None, on_result=None) -> None:
-    """Retrain `c` with new training seeds until it has `seeds` of them (or the deadline passes)."""
+def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: str | None, on_result=None) -> None:
+    """Retrain `c` once more, with the lowest training seed it has no score for."""
     from mnist_lab.train import train
 
     seed = 0
-    while len(c.scores) < seeds:
-        if deadline is not None and time.time() > deadline:
+    while seed in c.scores:
+        seed += 1
+    seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
+    result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False,
+                   run_name=f"confirm · {c.label} · seed {seed}",
+                   tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
+                         "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
+                         "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
+    c.scores[seed] = result.val_accuracy
+    if on_result:
+        on_result(c, seed, result.val_accuracy)
+
+
+def train_round_robin(contenders: list[Contender], seeds: int, parent_run_id: str, study_name: str,
+                      data_dir: str | None, deadline: float | None, on_result=None) -> None:
+    """One more seed for each in turn, fewest seeds first: if the deadline cuts the confirmation
+    short, every configuration has as many seeds as the time allowed (a verdict needs 2 each),
+    rather than the first ones 3 and the baseline 1."""
+    while True:
+        short = [c for c in contenders if len(c.scores) < seeds]
+        if not short or (deadline is not None and time.time() > deadline):
             return
-        while seed in c.scores:
-            seed += 1
-        seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
-        result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False,
-                       run_name=f"confirm · {c.label} · seed {seed}",
-                       tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
-                             "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
-                             "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
-        c.scores[seed] = result.val_accuracy
-        if on_result:
-            on_result(c, seed, result.val_accuracy)
+        train_one_seed(min(short, key=lambda c: len(c.scores)), parent_run_id, study_name, data_dir, on_result)
 
 
 def current_champion(client):
@@ -287,10 +295,9 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
     add_confirmation_runs(client, experiment_id, everyone)
     if not candidates:
         return Verdict(False, "no confirmed improvement: the baseline is the best trial", None, everyone)
-    for c in everyone:
-        comparable = c.split == candidates[0].split
-        if comparable:  # a champion from other validation images is not retrained: it cannot be compared anyway
-            train_seeds(c, seeds, parent_run_id, study_name, data_dir, deadline, on_result)
+    # A champion from other validation images is not retrained: it cannot be compared anyway.
+    comparable = [c for c in everyone if c.split == candidates[0].split]
+    train_round_robin(comparable, seeds, parent_run_id, study_name, data_dir, deadline, on_result)
     best = max(candidates, key=lambda c: c.mean)
     if reigning and best.source_run_id == champion_run.info.run_id:
         # A finished study run again: its answer is already the champion; no second version.

@@ -112,7 +112,10 @@ def make_sampler(space: LoadedSpace, worker: int = 0):
         return optuna.samplers.GridSampler({k: p.choices for k, p in s.params.items()}, seed=s.seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, s.budget.n_trials // 3)))
+    # Multivariate TPE models the knobs jointly (batch size with learning rate, schedule with
+    # epochs), which independent TPE cannot; constant_liar keeps parallel workers apart.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, s.budget.n_trials // 3)),
+                                      multivariate=True, constant_liar=True)
 
 
 def make_pruner(space: LoadedSpace):
@@ -234,10 +237,46 @@ class Surplus(Exception):
     """Another worker took the last trial of the budget at the same moment."""
 
 
+def trial_seconds(t) -> float | None:
+    return (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+
+
+def confirmation_seconds(study, space: LoadedSpace) -> float:
+    """What the confirmation would cost if the search stopped now: the seeds still missing for the
+    current top trials and the baseline, each as long as that trial's own run took."""
+    from optuna.trial import TrialState
+
+    confirm = space.space.confirm
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    way = space.space.objective[0].way
+    complete.sort(key=lambda t: -t.values[0] if way == "maximize" else t.values[0])
+    contenders = [t for t in complete if not t.user_attrs.get("baseline")][: confirm.top]
+    contenders += [t for t in complete if t.user_attrs.get("baseline")]
+    return sum((confirm.seeds - 1) * (trial_seconds(t) or 0) for t in contenders)
+
+
+def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
+    """May another trial start? Only if it and then the confirmation still fit before `end`.
+
+    The next trial is assumed to take as long as three in four finished ones did (most are
+    pruned early, a few run long); at least `confirm.reserve` of the time budget stays free.
+    """
+    import numpy as np
+    from optuna.trial import TrialState
+
+    if end is None:
+        return True
+    finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    finished = [s for s in finished if s is not None]
+    next_trial = float(np.percentile(finished, 75)) if finished else 0.0
+    keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space))
+    return time.time() + next_trial + keep < end
+
+
 def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, study_name: str, storage_url: str,
                   overrides: dict, data_dir: str | None, parent_run_id: str, worker: int, threads: int | None,
-                  deadline: float | None) -> None:
-    """One worker: run trials until the study has n_trials finished ones, or the deadline passes."""
+                  end: float | None) -> None:
+    """One worker: run trials until the study has n_trials finished ones, or time runs short."""
     if threads:
         import tensorflow as tf
 
@@ -251,7 +290,7 @@ def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, 
     study, _ = open_study(space, study_name, storage_url, worker)
     budget = space.space.budget.n_trials
     objective = make_objective(space, study_name, overrides, data_dir, parent_run_id, budget)
-    while deadline is None or time.time() < deadline:
+    while search_time_left(study, space, end):
         optuna.storages.fail_stale_trials(study)
         c = count(study)
         if c.finished >= budget or c.fail >= max(budget, 3):  # a space that only fails must still end
@@ -293,6 +332,9 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             self.slice = None
 
         def on_train_begin(self, logs=None):
+            # The baseline is what every trial is judged against and what confirmation retrains:
+            # it reports its curve like any trial but always runs to the end.
+            self.prunable = not self.trial.user_attrs.get("baseline")
             self.run_id = mlflow.active_run().info.run_id
             self.trial.set_user_attr("mlflow_run_id", self.run_id)
             if report_metric == "val_accuracy":
@@ -323,7 +365,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
                 return
             self.trial.report(value, step=images_seen)
             # After the last epoch there is nothing left to save: the trial is complete, not pruned.
-            if not last and self.trial.should_prune():
+            if not last and self.prunable and self.trial.should_prune():
                 self.pruned_at = images_seen
                 self.model.stop_training = True
 
@@ -391,6 +433,7 @@ def validation_slice(config, data_dir: str | None, size: int = SLICE_IMAGES):
 
 def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest) -> dict[str, Any]:
     from mlflow import MlflowClient
+    from rich.console import Console
 
     storage_url = request.storage or default_storage()
     study, created = open_study(space, study_name, storage_url)
@@ -402,13 +445,13 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
     budget, confirm = space.space.budget, space.space.confirm
     started = time.time()
+    # One time budget for search and confirmation: workers stop starting trials when the next one
+    # and the confirmation (estimated from the trials' own durations) would no longer fit.
     end = started + budget.timeout if budget.timeout else None
-    # The search leaves `confirm.reserve` of the time budget to the confirmation over seeds.
-    deadline = started + budget.timeout * (1 - confirm.reserve) if budget.timeout else None
     args = (str(space.path), request.n_trials, request.timeout, study_name, storage_url, overrides, request.data_dir, parent_run_id)
-    with Progress(study, budget.n_trials, space) as progress:
+    with Progress(study, budget.n_trials, space, end) as progress:
         if request.workers == 1:
-            worker_thread = threading.Thread(target=optuna_worker, args=(*args, 0, None, deadline), daemon=True)
+            worker_thread = threading.Thread(target=optuna_worker, args=(*args, 0, None, end), daemon=True)
             worker_thread.start()
             while worker_thread.is_alive():
                 worker_thread.join(1)
@@ -416,7 +459,7 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
         else:
             threads = max(1, (os.cpu_count() or 1) // request.workers)
             ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-            procs = [ctx.Process(target=optuna_worker, args=(*args, i, threads, deadline)) for i in range(request.workers)]
+            procs = [ctx.Process(target=optuna_worker, args=(*args, i, threads, end)) for i in range(request.workers)]
             for p in procs:
                 p.start()
             try:
@@ -433,9 +476,22 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
     c = count(study)
     client = MlflowClient()
     client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed")
-    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": storage_url}
     # An unfinished study (stopped by failures, not by its budget or time) crowns nothing.
-    done = c.finished >= budget.n_trials or (deadline is not None and time.time() >= deadline)
+    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": storage_url}
+    out_of_time = end is not None and not search_time_left(study, space, end)
+    done = c.finished >= budget.n_trials or out_of_time
+    if c.finished >= budget.n_trials:
+        stopped = f"stopped: the budget of {budget.n_trials} finished trials is reached"
+    elif out_of_time:
+        stopped = (f"stopped: the time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
+                   f"after {c.finished} finished trials")
+    elif c.fail >= max(budget.n_trials, 3):
+        stopped = f"stopped: {c.fail} trials failed (see their failure_reason); fix the space and run again to resume"
+    else:
+        stopped = f"stopped with {c.finished} of {budget.n_trials} trials finished; run the same command again to resume"
+    Console(stderr=True, highlight=False).print(stopped)
+    client.set_tag(parent_run_id, "stopped", stopped)
+    summary["stopped"] = stopped
     best = best_trial(study, space)
     if best is not None:
         client.set_tag(parent_run_id, "best_trial", str(best.number))
@@ -501,32 +557,63 @@ def best_trial(study, space: LoadedSpace):
 
 
 class Progress:
-    """A progress bar over finished trials: i of N, counts by state, best so far, elapsed and ETA."""
+    """The sweep's one live display, redrawn every second from the study's storage (so it shows
+    every worker's trials): a bar of finished trials with counts by state and a legend, best so
+    far, elapsed time and the ETA, then one line per running trial (epoch, latest validation
+    score). Each trial that finishes gets one permanent line above it. Off a terminal (CI, a
+    log file) only those lines are printed."""
 
-    def __init__(self, study, total: int, space: LoadedSpace):
+    LEGEND = "✓ complete  ✂ pruned  ✗ failed  ▶ running"
+
+    def __init__(self, study, total: int, space: LoadedSpace, end: float | None = None):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
-        self.study, self.total, self.space = study, total, space
-        self.console = Console(stderr=True)
-        self.bar = RichProgress(
-            TextColumn("trials"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[states]}"),
-            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        self.study, self.total, self.space, self.end = study, total, space, end
+        self.console = Console(stderr=True, highlight=False)
+        self.running_lines: list[str] = []
+        display = self
+
+        class Live(RichProgress):
+            def get_renderables(self):
+                yield self.make_tasks_table(self.tasks)
+                yield from display.running_lines
+
+        self.bar = Live(
+            TextColumn("trials"), MofNCompleteColumn(), BarColumn(bar_width=24), TextColumn("{task.fields[states]}"),
+            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
             console=self.console, disable=not self.console.is_terminal,
         )
         self.reported: set[int] = set()
         self.opened_at = time.time()
+        self.epoch_images = space.config_for({}).data.train_count()
 
     def __enter__(self):
         self.bar.__enter__()
-        self.task = self.bar.add_task("sweep", total=self.total, states="", best="-")
+        self.console.print(f"[dim]{self.LEGEND}[/dim]")
+        self.task = self.bar.add_task("sweep", total=self.total, states="", best="-", eta="-")
         self.start_finished = count(self.study).finished
         self.bar.update(self.task, completed=self.start_finished)
         return self
 
     def __exit__(self, *exc):
+        self.running_lines = []
         self.bar.__exit__(*exc)
+
+    def eta(self, finished: int) -> str:
+        """From the trials finished in this invocation, capped by the time budget's end."""
+        now = time.time()
+        done_here = finished - self.start_finished
+        guesses = []
+        if done_here > 0:
+            guesses.append((now - self.opened_at) / done_here * max(0, self.total - finished))
+        if self.end is not None:
+            guesses.append(max(0.0, self.end - now))
+        if not guesses:
+            return "-"
+        seconds = int(min(guesses))
+        return f"{seconds // 60}:{seconds % 60:02d}"
 
     def update(self) -> None:
         from optuna.trial import TrialState
@@ -539,20 +626,40 @@ class Progress:
         self.bar.update(
             self.task, completed=min(c.finished, self.total),
             states=f"✓{c.complete} ✂{c.pruned} ✗{c.fail} ▶{c.running}",
-            best=f"{metric.metric} {best:.4f}" if best is not None else "-",
+            best=f"{metric.metric} {best:.4f}" if best is not None else "-", eta=self.eta(c.finished),
         )
+        self.running_lines = []
+        for t in trials:
+            if t.state == TrialState.RUNNING and not t.user_attrs.get("surplus"):
+                latest = f", {metric.metric} {t.intermediate_values[t.last_step]:.4f}" if t.last_step is not None else ""
+                epoch = (t.last_step or 0) / self.epoch_images
+                started = f"{time.time() - t.datetime_start.timestamp():.0f} s" if t.datetime_start else ""
+                self.running_lines.append(f"  ▶ trial {t.number}: epoch {epoch:.2f}{latest} ({started})")
         for t in trials:
             if t.number in self.reported or t.state in (TrialState.RUNNING, TrialState.WAITING) or t.user_attrs.get("surplus"):
                 continue
             self.reported.add(t.number)
             if t.datetime_complete and t.datetime_complete.timestamp() < self.opened_at:
                 continue  # finished before this invocation: already reported then
-            what = {TrialState.COMPLETE: f"{metric.metric} {t.values[0]:.4f}" if t.values else "",
-                    TrialState.PRUNED: f"pruned after {t.last_step:,} training images" if t.last_step is not None else "pruned",
-                    TrialState.FAIL: t.user_attrs.get("fail_reason", "worker died; configuration retried")}.get(t.state, "")
-            secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0
-            params = " ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}" for k, v in t.params.items())
-            self.console.print(f"trial {t.number:>3} {t.state.name:<8} {what} ({secs:.0f} s) {params}", highlight=False, soft_wrap=True)
+            self.console.print(trial_line(t, metric.metric, self.epoch_images), soft_wrap=True)
+
+
+def trial_line(t, metric: str, epoch_images: int) -> str:
+    """One line for a finished trial: state, score or why it stopped, seconds, its values."""
+    from optuna.trial import TrialState
+
+    mark = {TrialState.COMPLETE: "✓", TrialState.PRUNED: "✂", TrialState.FAIL: "✗"}.get(t.state, " ")
+    if t.state == TrialState.COMPLETE:
+        what = f"{metric} {t.values[0]:.4f}" if t.values else ""
+    elif t.state == TrialState.PRUNED:
+        last = t.intermediate_values.get(t.last_step) if t.last_step is not None else None
+        what = (f"pruned at epoch {t.last_step / epoch_images:.2f} ({metric} {last:.4f})" if last is not None else "pruned")
+    else:
+        what = t.user_attrs.get("fail_reason", "worker died; configuration retried")
+    params = " ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
+                      for k, v in t.params.items())
+    baseline = " (baseline)" if t.user_attrs.get("baseline") else ""
+    return f"{mark} trial {t.number:>3}{baseline} {what} ({trial_seconds(t) or 0:.0f} s) {params}"
 
 
 def print_top(study, space: LoadedSpace, k: int = 5) -> None:
