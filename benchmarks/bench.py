@@ -1,6 +1,6 @@
 """`make bench`: what a run and a trial cost here, side by side with plain Keras. Not a test.
 
-    make bench                                    # all sections, about 30 min on 2 cores
+    make bench                                    # all sections, about 70 min on 2 cores
     .venv/bin/python benchmarks/bench.py --only a,e --repeats 3
 
 Every comparison runs its variants interleaved in one invocation (A, B, A, B, ...), so a
@@ -17,6 +17,8 @@ Sections:
      and what a sweep trial costs outside its epochs
   e  experiments/fast.yaml: wall time from process start to a finished run, 5 seeds, test accuracy
   f  training options on this CPU: steps per execution, tf.data, batch size, bfloat16
+  g  search efficiency: the lab's default search against Optuna random search without pruning and
+     KerasTuner's Hyperband, at equal compute (training images seen), 3 sampler seeds each
 """
 
 from __future__ import annotations
@@ -265,6 +267,113 @@ def bench_f(repeats: int) -> dict:
     return {name: stats([len(x) / t for t in ts]) for name, ts in times.items()}
 
 
+# --- g: search efficiency at equal compute ----------------------------------------------------------
+
+SEARCH_METHODS = {
+    "lab default (TPE + Hyperband pruning, 4 reports/epoch)": {"sampler": "tpe", "pruner": "hyperband"},
+    "Optuna random search, no pruning": {"sampler": "random", "pruner": "none"},
+    "KerasTuner Hyperband (resuming from tuner/initial_epoch)": {"tuner": "hyperband", "pruner": "hyperband"},
+}
+
+
+def search_study(method: str, seed: int, budget_images: int, tmp: Path) -> dict:
+    """One study of benchmarks/search_bench.yaml with `method`; its trials in order, with the
+    training images each saw and, for complete trials, the validation accuracy it ended with."""
+    import yaml
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    space = yaml.safe_load((HERE / "search_bench.yaml").read_text())
+    space |= SEARCH_METHODS[method] | {"base": str(REPO / "experiments/baseline.yaml"), "seed": seed}
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    if "tuner" in space:
+        cmd = [*LAB, "sweep", str(path), "--engine", "keras-tuner"]  # Hyperband's own schedule sets its compute
+    else:
+        cmd = [PYTHON, str(HERE / "search_study.py"), str(path), str(budget_images)]
+    wall, _ = timed(cmd, folder)
+    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`mnist_lab.kind` = 'trial'", order_by=["attributes.start_time ASC"], max_results=5000)
+    trials = []
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        if "pruned_at_images" in tags:
+            images = int(tags["pruned_at_images"])
+        else:  # epochs this run trained (a resumed KerasTuner trial only its new ones)
+            images = len(client.get_metric_history(run.info.run_id, "epoch_seconds")) * int(params.get("train_images", 0))
+        value = run.data.metrics.get("val_accuracy") if tags.get("state") == "COMPLETE" else None
+        trials.append({"images": images, "val_accuracy": value, "state": tags.get("state")})
+    return {"wall": wall, "trials": trials}
+
+
+def best_curve(trials: list[dict]) -> tuple[list[float], list[float]]:
+    """Cumulative images seen after each trial, and the best complete trial's accuracy so far."""
+    spent, best, xs, ys = 0, float("nan"), [], []
+    for t in trials:
+        spent += t["images"]
+        if t["val_accuracy"] is not None and not (t["val_accuracy"] <= best):
+            best = t["val_accuracy"]
+        xs.append(spent)
+        ys.append(best)
+    return xs, ys
+
+
+def bench_g(repeats: int, tmp: Path, target: float, budget_epochs: int = 70) -> dict:
+    """The lab's default search against Optuna random search (no pruning) and KerasTuner's
+    Hyperband on one space, `repeats` sampler seeds each, compared at equal training images."""
+    epoch_images = 4000  # search_bench.yaml's data.train_size
+    runs: dict[str, list] = {m: [] for m in SEARCH_METHODS}
+    methods = list(SEARCH_METHODS)
+    for r in range(repeats):
+        for method in methods[r % 3:] + methods[: r % 3]:  # interleaved, each in every position once
+            runs[method].append(search_study(method, r, budget_epochs * epoch_images, tmp))
+            xs, ys = best_curve(runs[method][-1]["trials"])
+            print(f"  g {method} seed {r}: {len(xs)} trials, {xs[-1] / epoch_images:.0f} epochs of images, "
+                  f"best {ys[-1]:.4f}, {runs[method][-1]['wall']:.0f} s", flush=True)
+    # Equal compute: every curve is read at the least any run spent.
+    budget = min(best_curve(x["trials"])[0][-1] for rs in runs.values() for x in rs)
+    out: dict = {"budget_images": budget, "epoch_images": epoch_images, "target": target, "methods": {}}
+    for method, rs in runs.items():
+        at_budget, to_target = [], []
+        for x in rs:
+            xs, ys = best_curve(x["trials"])
+            at_budget.append(max((y for xx, y in zip(xs, ys) if xx <= budget and y == y), default=float("nan")))
+            to_target.append(next((xx for xx, y in zip(xs, ys) if y >= target), None))
+        reached = [v / epoch_images for v in to_target if v is not None]
+        out["methods"][method] = {
+            "best_at_budget": stats(at_budget), "epochs_to_target": stats(reached) if reached else None,
+            "reached_target": f"{len(reached)} of {len(rs)}", "trials": stats([float(len(x["trials"])) for x in rs]),
+            "wall": stats([x["wall"] for x in rs]), "runs": rs,
+        }
+    plot_search(out, HERE / "search_efficiency.png")
+    return out
+
+
+def plot_search(g: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (method, m), colour in zip(g["methods"].items(), ("tab:blue", "tab:orange", "tab:green")):
+        for i, run in enumerate(m["runs"]):
+            xs, ys = best_curve(run["trials"])
+            ax.step([x / g["epoch_images"] for x in xs], ys, where="post", color=colour, alpha=0.8,
+                    label=method if i == 0 else None)
+    ax.axvline(g["budget_images"] / g["epoch_images"], color="grey", linestyle=":", label="equal-compute cut")
+    ax.axhline(g["target"], color="grey", linestyle="--", linewidth=0.8, label=f"target {g['target']}")
+    ax.set_xlabel(f"compute spent: training images seen, in epochs of {g['epoch_images']:,} images")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_ylim(max(0.9, ax.get_ylim()[0]), None)
+    ax.set_title("Search efficiency on benchmarks/search_bench.yaml (one line per sampler seed)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --- output --------------------------------------------------------------------------------------
 
 
@@ -327,6 +436,18 @@ def tables(results: dict) -> str:
                      f"{fmt(e['wall'])} | tutorial recipe: 3 epochs | | ≤ 40 s: {'met' if ok_time else 'missed'} |")
         lines.append(f"| e. `fast.yaml`: test accuracy, mean of {len(e['runs'])} seeds | {e['test_accuracy_mean']:.4f} ± {e['test_accuracy_sd']:.4f} "
                      f"(min {e['test_accuracy']['min']:.4f}) | | | ≥ 0.9900: {'met' if ok_acc else 'missed'} |")
+    if "g" in r:
+        g = r["g"]
+        lines += ["", f"Search efficiency (g): best validation accuracy against compute, {len(next(iter(g['methods'].values()))['runs'])} "
+                  f"sampler seeds per method, benchmarks/search_bench.yaml (4,000 training images, 2,000 validation); compared at "
+                  f"{g['budget_images'] / g['epoch_images']:.0f} epochs of images, the least any run spent "
+                  "(plot: benchmarks/search_efficiency.png):", "",
+                  f"| method | best val_accuracy at equal compute | epochs of images to reach {g['target']} | reached | trials | wall, s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for method, m in g["methods"].items():
+            to = fmt(m["epochs_to_target"], ".0f") if m["epochs_to_target"] else "never"
+            lines.append(f"| {method} | {fmt(m['best_at_budget'], '.4f')} | {to} | {m['reached_target']} | {fmt(m['trials'], '.0f')} "
+                         f"| {fmt(m['wall'], '.0f')} |")
     if "f" in r:
         lines += ["", "Training options (f): images/s over one epoch of 8,000 images, the baseline network, in one process:", "",
                   "| option | images/s | against the default |", "| --- | --- | --- |"]
@@ -338,10 +459,11 @@ def tables(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="mnist-lab's benchmarks (see the module docstring)")
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated sections (default: all)")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated sections (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--merge", action="store_true", help="keep the other sections of an existing --out file")
+    ap.add_argument("--target", type=float, default=0.98, help="section g: the validation accuracy whose cost is reported")
     args = ap.parse_args()
     if not os.environ.get("MNIST_LAB_DATA"):
         sys.exit("bench: set MNIST_LAB_DATA to the folder with the four MNIST IDX files")
@@ -352,7 +474,8 @@ def main() -> None:
         tmp = Path(tmp)
         for key, run in (("a", lambda: bench_a(args.repeats, tmp)), ("b", lambda: bench_b(args.repeats, tmp)),
                          ("d", lambda: bench_d(args.repeats, tmp)), ("e", lambda: bench_e(max(5, args.repeats), tmp)),
-                         ("f", lambda: bench_f(args.repeats)), ("c", lambda: bench_c(results))):
+                         ("f", lambda: bench_f(args.repeats)), ("c", lambda: bench_c(results)),
+                         ("g", lambda: bench_g(args.repeats, tmp, args.target))):
             if key in sections:
                 print(f"bench {key} ...", flush=True)
                 start = time.perf_counter()

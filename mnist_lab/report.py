@@ -257,24 +257,39 @@ def importances(study: Study) -> dict[str, float]:
 
 
 def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Mean ± 95% CI per confirmed configuration, Welch's t-tests between them, plain verdicts."""
+    """Mean ± 95% CI per confirmed configuration, Welch's t-tests between them, plain verdicts.
+
+    A configuration's seeds are its confirmation runs and its trial's own run, as in the
+    sweep's verdict (which counts the trial's run as the first seed).
+    """
     from scipy import stats
 
     c = study.confirm
-    if c.empty or "tags.config_rank" not in c:
+    if c.empty or "tags.source_run_id" not in c:
         return pd.DataFrame(), pd.DataFrame(), []
     c = c[c.status == "FINISHED"].copy()
     c["rank"] = c["tags.config_rank"].astype(int)
-    rows, samples = [], {}
-    for rank, g in c.groupby("rank"):
-        row = {"config": f"#{rank}", "source trial": g["tags.source_trial"].iloc[0], "seeds": len(g)}
-        for metric in ("val_accuracy", "test_accuracy"):
-            # the sweep's own confirmation runs are scored on validation only: no test column then
-            x = g.get(f"metrics.{metric}", pd.Series(dtype=float)).dropna().to_numpy()
+    trials = study.runs.set_index("run_id") if len(study.runs) else pd.DataFrame()
+    rows, samples, labels = [], {}, {}
+    # One configuration per source run: the sweep's confirmation and `mnist-lab confirm` add
+    # seeds to the same configurations (each skips the seeds the other trained).
+    for order, (source, g) in enumerate(sorted(c.groupby("tags.source_run_id"), key=lambda kv: kv[1]["rank"].min())):
+        named = g.get("tags.source_label", pd.Series(dtype=str)).dropna()
+        label = named.iloc[0] if len(named) else f"trial {g['tags.source_trial'].iloc[0]}"
+        g = g.drop_duplicates("tags.seed")
+        val = {int(seed): v for seed, v in zip(g["tags.seed"], g["metrics.val_accuracy"]) if v == v}
+        if source in trials.index and trials.loc[source].get("metrics.val_accuracy") == trials.loc[source].get("metrics.val_accuracy"):
+            # The trial's own run is a seed too (its train.seed, 0 unless the space sets it).
+            val.setdefault(int(float(trials.loc[source].get("params.train.seed", 0) or 0)), float(trials.loc[source, "metrics.val_accuracy"]))
+        test = g.get("metrics.test_accuracy", pd.Series(dtype=float)).dropna().to_numpy()
+        row = {"configuration": label, "seeds": len(val)}
+        for metric, x in (("val_accuracy", np.asarray(list(val.values()), dtype=float)), ("test_accuracy", test)):
+            if metric == "test_accuracy" and not len(x):
+                continue  # the sweep's confirmation runs are scored on validation only
             mean = x.mean() if len(x) else float("nan")
             half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
             row[metric] = f"{mean:.4f} ± {half:.4f}" if len(x) > 1 else f"{mean:.4f}"
-        samples[rank] = g["metrics.val_accuracy"].dropna().to_numpy()
+        samples[order], labels[order] = np.asarray(list(val.values()), dtype=float), label
         rows.append(row)
     tests, verdicts = [], []
     ranks = sorted(samples)
@@ -284,12 +299,14 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 continue
             t, p = stats.ttest_ind(samples[a], samples[b], equal_var=False)
             diff = samples[a].mean() - samples[b].mean()
-            tests.append({"pair": f"#{a} vs #{b}", "difference in val_accuracy": f"{diff:+.4f}", "Welch t": f"{t:.2f}", "p": f"{p:.3f}"})
+            tests.append({"pair": f"{labels[a]} vs {labels[b]}", "difference in val_accuracy": f"{diff:+.4f}",
+                          "Welch t": f"{t:.2f}", "p (two-sided)": f"{p:.3g}"})
             if p < 0.05:
-                better = a if diff > 0 else b
-                verdicts.append(f"#{better} beats #{b if better == a else a} on validation (p = {p:.3f})")
+                better, worse = (a, b) if diff > 0 else (b, a)
+                verdicts.append(f"{labels[better]} beats {labels[worse]} on validation (p = {p:.3g})")
             else:
-                verdicts.append(f"#{a} and #{b} are tied within noise (p = {p:.2f}, {len(samples[a])} and {len(samples[b])} seeds)")
+                verdicts.append(f"{labels[a]} and {labels[b]} are tied within noise (p = {p:.2f}, "
+                                f"{len(samples[a])} and {len(samples[b])} seeds)")
     return pd.DataFrame(rows), pd.DataFrame(tests), verdicts
 
 
@@ -534,6 +551,8 @@ def summarize(study: Study) -> dict[str, Any]:
         "study_command": tags.get("command", "-"), "reproduce": reproduce,
         "commits": [c[:12] for c in commits], "digests": digests, "warnings": warnings,
         "parent_run_id": study.parent.info.run_id if study.parent else None,
+        # The sweep's own verdict (its confirmation over seeds) and why its search stopped.
+        "confirmation": tags.get("confirmation"), "stopped": tags.get("stopped"),
     }
 
 

@@ -187,7 +187,7 @@ def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: 
     while seed in c.scores:
         seed += 1
     seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
-    result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False,
+    result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False, progress=False,
                    run_name=f"confirm · {c.label} · seed {seed}",
                    tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
                          "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
@@ -235,7 +235,9 @@ def judge(best: Contender, incumbents: list[Contender]) -> tuple[bool, str, dict
     summary = ", ".join(f"{label}: p = {p:.3g}" for label, p in p_values.items())
     if failed:
         return False, f"no confirmed improvement: {best.label} ({best.mean:.4f}) does not beat {' and '.join(failed)} with p < {ALPHA} ({summary})", p_values
-    return True, f"{best.label} beats {' and '.join(p_values) or 'no incumbent'} ({best.mean:.4f} over {len(best.scores)} seeds; {summary})", p_values
+    if not p_values:
+        return True, f"{best.label} is crowned: there is no baseline or champion to beat ({best.mean:.4f} over {len(best.scores)} seeds)", p_values
+    return True, f"{best.label} beats {' and '.join(p_values)} ({best.mean:.4f} over {len(best.scores)} seeds; {summary})", p_values
 
 
 LOCK_TAG = "confirmation_by"  # on the parent run: which worker is confirming, and since when
@@ -282,7 +284,7 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
                        data_dir, deadline, on_result) -> Verdict:
     import mlflow
 
-    runs = [client.get_run(r) for r in ranked_run_ids[:top] if r != baseline_run_id]
+    runs = [client.get_run(r) for r in [r for r in ranked_run_ids if r != baseline_run_id][:top]]
     candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
     incumbents: list[Contender] = []
     if baseline_run_id:

@@ -389,8 +389,10 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             raise
         watcher = ReportProgress(trial, config)
         try:
+            # A pruned trial keeps its curves, plots and config; its half-trained model is not worth storing.
             result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
-                           callbacks=[watcher], parent_run_id=parent_run_id, progress=False)
+                           callbacks=[watcher], parent_run_id=parent_run_id, progress=False,
+                           log_model=lambda: watcher.pruned_at is None)
         except Exception as e:
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:

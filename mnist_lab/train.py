@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import keras
 import mlflow
@@ -170,15 +171,20 @@ def train(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     callbacks: list[keras.callbacks.Callback] = (),
-    log_model: bool = True,
+    log_model: bool | Callable[[], bool] = True,
     parent_run_id: str | None = None,
     progress: bool = True,
+    warm_start: tuple[keras.Model, int] | None = None,
 ) -> TrainResult:
     """Train `config` on MNIST, tracked as one MLflow run (nested under an active run, if any).
 
     `callbacks` lets a caller watch or stop the fit (a sweep's pruner); `parent_run_id`
     nests the run under a study's run. The test set is touched only with `evaluate_test=True`.
+    `log_model` may be a function asked after the fit (a sweep: no model for a pruned trial).
     `progress=False` keeps Keras' per-batch bar off (a sweep draws its own display).
+    `warm_start=(model, epochs_done)` continues a shorter run of the same architecture (KerasTuner's
+    Hyperband): its weights are loaded and training resumes at epoch `epochs_done + 1`, with the
+    learning-rate schedule where this config's schedule is after that many epochs.
     """
     save = check_save_path(save)
     config = resolve_precision(config)
@@ -189,13 +195,19 @@ def train(
     # the full collection clear_session would add here (0.3-0.5 s a run) is skipped.
     keras.backend.clear_session(free_memory=False)
     model = build_model(config)
+    initial_epoch = 0
+    if warm_start is not None:
+        previous, initial_epoch = warm_start
+        model.set_weights(previous.get_weights())
+        # The optimizer's step count drives the schedule; Adam's moments start afresh.
+        model.optimizer.iterations.assign(initial_epoch * config.train.steps_per_epoch(config.data.train_count()))
 
     run_tags = tracking.provenance_tags() | {"data_digest": split.digest, "seed": str(config.train.seed)} | (tags or {})
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags) as run:
         try:
             return _fit_and_log(config, model, split, run.info.run_id, data_dir, evaluate_test, save, callbacks, log_model,
-                                verbose=keras_verbosity() if progress else 0)
+                                verbose=keras_verbosity() if progress else 0, initial_epoch=initial_epoch)
         except Exception as e:
             # The run ends as FAILED (MLflow's context manager); say why on the run itself.
             reason = str(e) if isinstance(e, MnistLabError) else f"{type(e).__name__}: {e}"
@@ -203,14 +215,17 @@ def train(
             raise
 
 
-def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model, verbose) -> TrainResult:
+def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model, verbose,
+                 initial_epoch: int = 0) -> TrainResult:
     x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
     y_train, y_val = split.y_train, split.y_val
     if config.train.loss == "categorical_crossentropy":
         y_train_fit, y_val_fit = keras.utils.to_categorical(y_train, 10), keras.utils.to_categorical(y_val, 10)
     else:
         y_train_fit, y_val_fit = y_train, y_val
-    mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train), "validation_images": len(x_val)})
+    resumed = {"initial_epoch": initial_epoch} if initial_epoch else {}
+    mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train),
+                                       "validation_images": len(x_val)} | resumed)
     logger = MlflowEpochLogger(len(x_train))
     fit_callbacks = [logger, keras.callbacks.TerminateOnNaN(), *callbacks]
     if config.train.early_stopping_patience is not None:
@@ -224,6 +239,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         y_train_fit,
         batch_size=config.train.batch_size,
         epochs=config.train.epochs,
+        initial_epoch=initial_epoch,
         validation_data=(x_val, y_val_fit),
         callbacks=fit_callbacks,
         verbose=verbose,
@@ -263,7 +279,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         result.test_accuracy, result.test_loss = evaluate_test_set(model, run_id, data_dir)
 
     _log_artifacts(config, result, split, y_pred, probs)
-    if log_model:
+    if log_model() if callable(log_model) else log_model:
         example = x_val[:4]
         # MLflow checks the input example with model.predict, whose progress bar would
         # land in the middle of the command's output.

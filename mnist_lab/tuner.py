@@ -27,6 +27,17 @@ def algorithm(space: LoadedSpace) -> str:
     return "hyperband" if s.pruner == "hyperband" else "random" if s.sampler == "random" else "bayesian"
 
 
+def previous_model(client, study_name: str, number: int):
+    """The model a Hyperband trial continues: the one logged by trial `number` of this study."""
+    import mlflow.keras
+
+    runs = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.trial_number = '{number}' "
+                              "and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE'", max_results=1)
+    if not runs:
+        raise MnistLabError(f"study {study_name}: Hyperband continues trial {number}, whose model is not in the MLflow store")
+    return mlflow.keras.load_model(tracking.model_uri(runs[0].info.run_id))
+
+
 def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[str, Any]:
     import keras_tuner as kt
     from mlflow import MlflowClient
@@ -77,9 +88,17 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
                 studies.record_impossible(client, parent_run_id, tags, values, reason)
                 printed.append(f"trial {number:>3} FAIL     {reason}")
                 raise kt.errors.FailedTrialError(reason) from None
+            warm_start = None
+            previous = trial.hyperparameters.values.get("tuner/trial_id")
+            if algo == "hyperband" and previous is not None:
+                # Hyperband promotes a configuration to more epochs: continue the run it promotes
+                # (its model is in MLflow) from `tuner/initial_epoch`, instead of starting again.
+                warm_start = (previous_model(client, study_name, int(previous)),
+                              int(trial.hyperparameters.get("tuner/initial_epoch")))
+                tags["resumed_from_trial"] = str(int(previous))
             try:
                 result = train(config, data_dir=request.data_dir, run_name=f"{study_name}-trial-{number}", tags=tags,
-                               parent_run_id=parent_run_id, progress=False)
+                               parent_run_id=parent_run_id, progress=False, warm_start=warm_start)
             except Exception as e:
                 printed.append(f"trial {number:>3} FAIL     {e}")
                 raise kt.errors.FailedTrialError(str(e)) from None

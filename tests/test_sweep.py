@@ -276,3 +276,24 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     if pruner == "hyperband":
         # training images seen: the largest epoch count in the space times 55,000 images per epoch
         assert built._max_resource == 4 * 55_000 and built._min_resource == 55_000 // 4
+
+
+def test_keras_tuner_hyperband_continues_promoted_trials_instead_of_retraining(store, tmp_path):
+    space = tmp_path / "kt_hyperband.yaml"
+    space.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
+                     "fixed: {data.train_size: 600, data.validation_size: 300, model.conv_blocks.0.filters: 8,"
+                     " model.conv_blocks.1.filters: 16}\n"
+                     "pruner: hyperband\nconfirm: {top: 1, seeds: 2}\n"
+                     "params: {model.dense.0: {choices: [16, 32]}, train.epochs: {low: 1, high: 3}}\n")
+    assert main(["sweep", str(space), "--engine", "keras-tuner"]) == 0
+    client = MlflowClient()
+    runs = runs_of("kt_hyperband-keras-tuner")
+    resumed = [r for r in runs if "resumed_from_trial" in r.data.tags]
+    assert resumed, "Hyperband promoted no trial"  # 3 brackets of max_epochs 3: the 1-epoch one promotes
+    for run in resumed:
+        start = int(run.data.params["initial_epoch"])
+        assert start >= 1 and int(run.data.params["train.epochs"]) > start
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
+        assert steps == list(range(start + 1, int(run.data.params["train.epochs"]) + 1))  # only the new epochs trained
+        source = [r for r in runs if r.data.tags["trial_number"] == run.data.tags["resumed_from_trial"]]
+        assert len(source) == 1 and source[0].data.params["model.dense"] == run.data.params["model.dense"]

@@ -100,3 +100,21 @@ def test_help_on_every_subcommand():
     for sub in ([], ["train"], ["predict"]):
         out = subprocess.run([sys.executable, "-m", "mnist_lab", *sub, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: mnist-lab" in out.stdout
+
+
+def test_warm_start_continues_a_shorter_run(store):
+    # KerasTuner's Hyperband promotes a configuration to more epochs: the promoted run starts from
+    # the shorter run's weights at its epoch, with the schedule's step count where it would be.
+    tracking.setup()
+    first = train(load_config(None, [*TINY, "model.dense=[64]"]), log_model=False, progress=False)
+    steps = load_config(None, TINY).train.steps_per_epoch(2000)
+    # A learning rate too small to move the weights: the continued run scores what it was given.
+    frozen = load_config(None, [*TINY, "model.dense=[64]", "train.epochs=2", "train.learning_rate=1e-12"])
+    resumed = train(frozen, warm_start=(first.model, 1), log_model=False, progress=False)
+    assert first.val_accuracy > 0.8 and abs(resumed.val_accuracy - first.val_accuracy) < 0.005
+    assert int(resumed.model.optimizer.iterations.numpy()) == 2 * steps
+    client = MlflowClient()
+    assert [m.step for m in client.get_metric_history(resumed.run_id, "val_accuracy")] == [2]  # only the new epoch
+    assert client.get_run(resumed.run_id).data.params["initial_epoch"] == "1"
+    # without the warm start, the same frozen config learns nothing
+    assert train(frozen, log_model=False, progress=False).val_accuracy < 0.5
