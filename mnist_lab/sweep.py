@@ -32,7 +32,9 @@ from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
 GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
 MAX_RETRY = 2  # times a dead worker's configuration is tried again
-REPORTS_PER_EPOCH = 4  # validation scores the pruner sees per epoch: 3 on a slice, then the full set
+# Validation scores the pruner sees per epoch: 7 on a slice, then the full set. Pruning starts after
+# the first (an eighth of an epoch, 3-6 s of training here), so most trials cost seconds.
+REPORTS_PER_EPOCH = 8
 SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 
 
@@ -119,7 +121,7 @@ def make_sampler(space: LoadedSpace, worker: int = 0):
 
 
 def make_pruner(space: LoadedSpace):
-    """Pruners on training images seen (Optuna's step), fed 4 times per epoch; see `ReportProgress`."""
+    """Pruners on training images seen (Optuna's step), fed 8 times per epoch; see `ReportProgress`."""
     import optuna
 
     s = space.space
@@ -130,13 +132,13 @@ def make_pruner(space: LoadedSpace):
             max_epochs = getattr(p, "high", None) or max(p.choices)
     epoch = base.data.train_count()
     if s.pruner == "median":
-        # Not before a quarter epoch: the first reports of every trial are noise.
+        # Not before an eighth of an epoch: the first reports of every trial are noise.
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch // REPORTS_PER_EPOCH)
     if s.pruner == "sha":
-        # Successive halving: at a quarter epoch, then 3x, 9x... as many images, keep the best third.
+        # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
     if s.pruner == "hyperband":
-        # Rungs from a quarter epoch up to the longest trial, keeping a third at each: a hopeless
+        # Rungs from an eighth of an epoch up to the longest trial, keeping a third at each: a hopeless
         # trial stops within its first epoch, and trials are compared at equal images seen.
         return optuna.pruners.HyperbandPruner(
             min_resource=max(1, epoch // REPORTS_PER_EPOCH), max_resource=max(1, int(max_epochs) * epoch), reduction_factor=3
@@ -317,7 +319,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
     report_metric = objectives[0].metric if len(objectives) == 1 and objectives[0].metric in EPOCH_METRICS else None
 
     class ReportProgress(keras.callbacks.Callback):
-        """Feeds the pruner 4 validation scores per epoch, at training images seen; stops the fit when told.
+        """Feeds the pruner 8 validation scores per epoch, at training images seen; stops the fit when told.
 
         Within an epoch: accuracy on a fixed stratified slice of the validation set (a second's
         work), so a hopeless trial stops in its first epoch; at each epoch's end: the full set.
@@ -389,10 +391,11 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             raise
         watcher = ReportProgress(trial, config)
         try:
-            # A pruned trial keeps its curves, plots and config; its half-trained model is not worth storing.
+            # A pruned trial keeps its curves, config and environment; plots and a model of a fraction
+            # of a run are not worth their seconds (most trials are pruned).
             result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
                            callbacks=[watcher], parent_run_id=parent_run_id, progress=False,
-                           log_model=lambda: watcher.pruned_at is None)
+                           log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except Exception as e:
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
@@ -665,6 +668,8 @@ def trial_line(t, metric: str, epoch_images: int) -> str:
 
 
 def print_top(study, space: LoadedSpace, k: int = 5) -> None:
+    """The best k complete trials side by side: one column per trial, one row per value, so a
+    space of 15 knobs still fits a terminal."""
     from optuna.trial import TrialState
     from rich.console import Console
     from rich.table import Table
@@ -673,16 +678,18 @@ def print_top(study, space: LoadedSpace, k: int = 5) -> None:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
     sign = 1 if objectives[0].way == "maximize" else -1
     done.sort(key=lambda t: -sign * t.values[0])
-    table = Table(title=f"study {study.study_name}: top {min(k, len(done))} of {len(done)} complete trials")
-    table.add_column("trial", justify="right")
-    for o in objectives:
-        table.add_column(o.metric, justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("train s", justify="right")
+    top = done[:k]
+    table = Table(title=f"study {study.study_name}: top {len(top)} of {len(done)} complete trials")
+    table.add_column("")
+    for t in top:
+        table.add_column(f"trial {t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''}", justify="right")
+
+    def show(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    for i, o in enumerate(objectives):
+        table.add_row(o.metric, *(f"{t.values[i]:.4f}" for t in top))
+    table.add_row("train seconds", *(f"{t.user_attrs.get('train_seconds', 0):.0f}" for t in top))
     for key in space.space.params:
-        table.add_column(key.removeprefix("model.").removeprefix("train.").replace("conv_blocks.", "conv"), justify="right")
-    for t in done[:k]:
-        label = f"{t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''}"
-        table.add_row(label, *(f"{v:.4f}" for v in t.values), str(t.user_attrs.get("epochs_run", "")),
-                      f"{t.user_attrs.get('train_seconds', 0):.0f}", *(f"{t.params.get(p, '')}" if not isinstance(t.params.get(p), float) else f"{t.params[p]:.3g}" for p in space.space.params))
-    Console(width=max(120, len(space.space.params) * 14 + 60)).print(table)
+        table.add_row(key.removeprefix("model.").replace("conv_blocks.", "conv"), *(show(t.params.get(key, "")) for t in top))
+    Console(stderr=False).print(table)

@@ -172,6 +172,7 @@ def train(
     tags: dict[str, str] | None = None,
     callbacks: list[keras.callbacks.Callback] = (),
     log_model: bool | Callable[[], bool] = True,
+    log_plots: bool | Callable[[], bool] = True,
     parent_run_id: str | None = None,
     progress: bool = True,
     warm_start: tuple[keras.Model, int] | None = None,
@@ -180,7 +181,8 @@ def train(
 
     `callbacks` lets a caller watch or stop the fit (a sweep's pruner); `parent_run_id`
     nests the run under a study's run. The test set is touched only with `evaluate_test=True`.
-    `log_model` may be a function asked after the fit (a sweep: no model for a pruned trial).
+    `log_model` and `log_plots` may be functions asked after the fit (a sweep: no model and no
+    plots for a pruned trial, whose curves, config and environment are still logged).
     `progress=False` keeps Keras' per-batch bar off (a sweep draws its own display).
     `warm_start=(model, epochs_done)` continues a shorter run of the same architecture (KerasTuner's
     Hyperband): its weights are loaded and training resumes at epoch `epochs_done + 1`, with the
@@ -207,7 +209,7 @@ def train(
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags) as run:
         try:
             return _fit_and_log(config, model, split, run.info.run_id, data_dir, evaluate_test, save, callbacks, log_model,
-                                verbose=keras_verbosity() if progress else 0, initial_epoch=initial_epoch)
+                                log_plots, verbose=keras_verbosity() if progress else 0, initial_epoch=initial_epoch)
         except Exception as e:
             # The run ends as FAILED (MLflow's context manager); say why on the run itself.
             reason = str(e) if isinstance(e, MnistLabError) else f"{type(e).__name__}: {e}"
@@ -215,7 +217,7 @@ def train(
             raise
 
 
-def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model, verbose,
+def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, callbacks, log_model, log_plots, verbose,
                  initial_epoch: int = 0) -> TrainResult:
     x_train, x_val = data.to_model_input(split.x_train), data.to_model_input(split.x_val)
     y_train, y_val = split.y_train, split.y_val
@@ -278,7 +280,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
     if evaluate_test:
         result.test_accuracy, result.test_loss = evaluate_test_set(model, run_id, data_dir)
 
-    _log_artifacts(config, result, split, y_pred, probs)
+    _log_artifacts(config, result, split, y_pred, probs, with_plots=log_plots() if callable(log_plots) else log_plots)
     if log_model() if callable(log_model) else log_model:
         example = x_val[:4]
         # MLflow checks the input example with model.predict, whose progress bar would
@@ -309,8 +311,9 @@ def evaluate_test_set(model: keras.Model, run_id: str, data_dir: str | Path | No
     return accuracy, loss
 
 
-def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray) -> None:
-    figures = {
+def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray,
+                   with_plots: bool = True) -> None:
+    figures = {} if not with_plots else {
         "learning_curves.png": plots.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
         "confusion_matrix.png": plots.confusion_matrix(split.y_val, y_pred),
         "misclassified.png": plots.misclassified_grid(split.x_val, split.y_val, y_pred, probs),

@@ -53,3 +53,34 @@ def test_runs_on_other_validation_images_are_not_compared():
 def test_one_seed_is_not_evidence():
     promoted, reason, _ = judge(contender("trial 7", [0.999]), [contender("baseline", [0.98, 0.981])])
     assert not promoted and "at least 2" in reason
+
+
+def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit(tmp_path):
+    # A real Optuna study with finished trials of known durations: the baseline took 120 s, the two
+    # best trials 60 and 30 s, a pruned one 10 s. Confirming to 3 seeds then costs 2 x (60 + 30 + 120).
+    import datetime
+    import time
+
+    import optuna
+
+    from mnist_lab.space import load_space
+    from mnist_lab.sweep import confirmation_seconds, search_time_left
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text("params: {train.epochs: {low: 1, high: 3}}\nconfirm: {top: 2, seeds: 3, reserve: 0.05}\n"
+                          "budget: {n_trials: 10, timeout: 1000}\n")
+    space = load_space(space_file)
+    study = optuna.create_study(direction="maximize")
+    now = datetime.datetime.now()
+    for value, seconds, state, attrs in ((0.990, 120, "COMPLETE", {"baseline": True}), (0.995, 60, "COMPLETE", {}),
+                                         (0.993, 30, "COMPLETE", {}), (0.980, 40, "COMPLETE", {}), (None, 10, "PRUNED", {})):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=optuna.trial.TrialState[state], value=value, values=None,
+            datetime_start=now - datetime.timedelta(seconds=seconds), datetime_complete=now,
+            params={"train.epochs": 2}, distributions={"train.epochs": optuna.distributions.IntDistribution(1, 3)},
+            user_attrs=attrs, system_attrs={}, intermediate_values={}))
+    assert confirmation_seconds(study, space) == pytest.approx(2 * (60 + 30 + 120), abs=1)
+    # the next trial is assumed as long as the 75th percentile of finished ones (60 s here)
+    assert search_time_left(study, space, end=time.time() + 420 + 60 + 30)
+    assert not search_time_left(study, space, end=time.time() + 420 + 60 - 30)
+    assert search_time_left(study, space, end=None)

@@ -258,8 +258,13 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
     assert min(hopeless.intermediate_values) < 2000  # it was stopped inside its first epoch
     run = MlflowClient().get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and int(run.data.tags["pruned_at_images"]) < 2000
-    # the pruned trial keeps its partial curve: the interrupted epoch is logged
+    # the pruned trial keeps its partial curve: the interrupted epoch is logged; its config too,
+    # but no plots and no model of a fraction of a run
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts and "plots" not in artifacts
+    assert not MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{good.user_attrs['mlflow_run_id']}'")
 
 
 @pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("random", "sha"), ("qmc", "none"), ("grid", "none")])
