@@ -1,6 +1,6 @@
 """`make bench`: what a run and a trial cost here, side by side with plain Keras. Not a test.
 
-    make bench                                    # all sections, about 70 min on 2 cores
+    make bench                                    # all sections, about 55 min on 2 cores
     .venv/bin/python benchmarks/bench.py --only a,e --repeats 3
 
 Every comparison runs its variants interleaved in one invocation (A, B, A, B, ...), so a
@@ -270,7 +270,7 @@ def bench_f(repeats: int) -> dict:
 # --- g: search efficiency at equal compute ----------------------------------------------------------
 
 SEARCH_METHODS = {
-    "lab default (TPE + Hyperband pruning, 4 reports/epoch)": {"sampler": "tpe", "pruner": "hyperband"},
+    "lab default (TPE + successive halving, 8 reports/epoch)": {"sampler": "tpe", "pruner": "sha"},
     "Optuna random search, no pruning": {"sampler": "random", "pruner": "none"},
     "KerasTuner Hyperband (resuming from tuner/initial_epoch)": {"tuner": "hyperband", "pruner": "hyperband"},
 }
@@ -322,7 +322,7 @@ def best_curve(trials: list[dict]) -> tuple[list[float], list[float]]:
 def bench_g(repeats: int, tmp: Path, target: float, budget_epochs: int = 70) -> dict:
     """The lab's default search against Optuna random search (no pruning) and KerasTuner's
     Hyperband on one space, `repeats` sampler seeds each, compared at equal training images."""
-    epoch_images = 4000  # search_bench.yaml's data.train_size
+    epoch_images = 3000  # search_bench.yaml's data.train_size
     runs: dict[str, list] = {m: [] for m in SEARCH_METHODS}
     methods = list(SEARCH_METHODS)
     for r in range(repeats):
@@ -439,7 +439,7 @@ def tables(results: dict) -> str:
     if "g" in r:
         g = r["g"]
         lines += ["", f"Search efficiency (g): best validation accuracy against compute, {len(next(iter(g['methods'].values()))['runs'])} "
-                  f"sampler seeds per method, benchmarks/search_bench.yaml (4,000 training images, 2,000 validation); compared at "
+                  f"sampler seeds per method, benchmarks/search_bench.yaml (3,000 training images, 1,000 validation); compared at "
                   f"{g['budget_images'] / g['epoch_images']:.0f} epochs of images, the least any run spent "
                   "(plot: benchmarks/search_efficiency.png):", "",
                   f"| method | best val_accuracy at equal compute | epochs of images to reach {g['target']} | reached | trials | wall, s |",

@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mnist_lab.config import MnistLabError  # noqa: E402
+from mnist_lab.startup import import_tensorflow  # noqa: E402
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -20,11 +21,13 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnist_lab import tracking
     from mnist_lab.config import load_config
+
+    config = load_config(args.config, args.overrides)  # a bad config fails before TensorFlow is loaded
+    import_tensorflow()
+    from mnist_lab import tracking
     from mnist_lab.train import check_save_path, train
 
-    config = load_config(args.config, args.overrides)
     check_save_path(args.save)
     tracking.setup()
     result = train(config, data_dir=args.data_dir, evaluate_test=args.evaluate_test, save=args.save)
@@ -40,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from mnist_lab.predict import ImageError, load_model, predict, to_mnist
 
     if args.top < 1 or args.top > 10:
@@ -96,6 +100,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from mnist_lab import confirm
 
     results = confirm.run(args.study, args.top, args.seeds, args.data_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,7 +298,9 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         for b in ranks[i + 1:]:
             if len(samples[a]) < 2 or len(samples[b]) < 2:
                 continue
-            t, p = stats.ttest_ind(samples[a], samples[b], equal_var=False)
+            with warnings.catch_warnings():  # identical seed scores: scipy warns, the p-value is still right
+                warnings.simplefilter("ignore", RuntimeWarning)
+                t, p = stats.ttest_ind(samples[a], samples[b], equal_var=False)
             diff = samples[a].mean() - samples[b].mean()
             tests.append({"pair": f"{labels[a]} vs {labels[b]}", "difference in val_accuracy": f"{diff:+.4f}",
                           "Welch t": f"{t:.2f}", "p (two-sided)": f"{p:.3g}"})

@@ -28,6 +28,7 @@ from mnist_lab import study as studies
 from mnist_lab import tracking
 from mnist_lab.config import ConfigError, MnistLabError, parse_overrides
 from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
+from mnist_lab.startup import import_tensorflow
 
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
 GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
@@ -66,6 +67,7 @@ def run(request: SweepRequest) -> dict[str, Any]:
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
     study_name = request.study or f"{Path(request.space_path).stem}-{request.engine}"
+    import_tensorflow()  # here, once, rather than in a worker thread in the middle of the live display
     tracking.setup()
     if request.engine == "keras-tuner":
         from mnist_lab import tuner
@@ -279,6 +281,7 @@ def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, 
                   overrides: dict, data_dir: str | None, parent_run_id: str, worker: int, threads: int | None,
                   end: float | None) -> None:
     """One worker: run trials until the study has n_trials finished ones, or time runs short."""
+    import_tensorflow()
     if threads:
         import tensorflow as tf
 

@@ -252,16 +252,22 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         epoch = next(i for i, v in enumerate(losses, 1) if not math.isfinite(v)) if losses else 0
         raise TrainingDiverged(f"loss became {losses[epoch - 1] if epoch else 'nan'} in epoch {epoch}")
 
-    # One pass over the validation images gives the confusion matrix and the final scores (which
-    # differ from the last epoch's when early stopping restored the best weights).
-    probs = model.predict(x_val, batch_size=1024, verbose=0)
-    y_pred = probs.argmax(axis=1)
-    val_accuracy, val_loss = scores(y_val, probs)
+    with_plots = log_plots() if callable(log_plots) else log_plots
+    if with_plots or config.train.early_stopping_patience is not None:
+        # One pass over the validation images gives the confusion matrix and the final scores (which
+        # differ from the last epoch's when early stopping restored the best weights).
+        probs = model.predict(x_val, batch_size=1024, verbose=0)
+        y_pred = probs.argmax(axis=1)
+        val_accuracy, val_loss = scores(y_val, probs)
+    else:
+        # Nothing to plot (a pruned trial): the last epoch's validation scores are of these weights.
+        probs = y_pred = None
+        val_accuracy, val_loss = history["val_accuracy"][-1], history["val_loss"][-1]
     best = int(np.argmax(history["val_accuracy"]))
     mlflow.log_metrics(
         {
             "best_val_accuracy": history["val_accuracy"][best],
-            "best_epoch": best + 1,
+            "best_epoch": initial_epoch + best + 1,
             "final_val_accuracy": float(val_accuracy),
             "final_val_loss": float(val_loss),
             "train_seconds": logger.train_seconds,
@@ -280,13 +286,13 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
     if evaluate_test:
         result.test_accuracy, result.test_loss = evaluate_test_set(model, run_id, data_dir)
 
-    _log_artifacts(config, result, split, y_pred, probs, with_plots=log_plots() if callable(log_plots) else log_plots)
+    _log_artifacts(config, result, split, y_pred, probs, with_plots=with_plots)
     if log_model() if callable(log_model) else log_model:
         example = x_val[:4]
         # MLflow checks the input example with model.predict, whose progress bar would
         # land in the middle of the command's output.
         with contextlib.redirect_stdout(io.StringIO()):
-            _log_keras_model(model, example, probs[:4])
+            _log_keras_model(model, example, probs[:4] if probs is not None else model.predict(example, verbose=0))
     if save:
         save.parent.mkdir(parents=True, exist_ok=True)
         model.save(save)

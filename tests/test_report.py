@@ -67,6 +67,12 @@ def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
     parent = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study' and tags.study = 'smoke-optuna'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/index.html", "report/report.md", "report/runs.csv"}
+    # The summary carries the sweep's own verdict and why its search stopped; each confirmed
+    # configuration counts its trial's run as a seed (seed 0, then 1 and 2 from the confirmations).
+    assert f"**confirmation over seeds:** {parent.data.tags['confirmation']}" in md
+    assert f"search: {parent.data.tags['stopped']}" in md
+    table, _, _ = report.confirmation(report.load_study(client, [experiment_id], "smoke-optuna"))
+    assert list(table.seeds) == [3, 3] and all(table.configuration.str.startswith("trial "))
 
     if not chromium():
         pytest.fail("Chromium is not installed: apt-get install chromium (.ci/run does)")
