@@ -46,7 +46,7 @@ test: setup ## the test suite, without the slow tests (~8 min on 2 cores)
 test-all: setup ## every test, the slow ones too
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: setup ## benchmarks/bench.py: the lab against plain Keras, side by side (~30 min; nothing else running)
+bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~55 min; nothing else running)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 ui: setup ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
