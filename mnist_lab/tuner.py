@@ -130,6 +130,9 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     )
     failed = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
     client.set_tag(parent_run_id, "trials", f"{len(runs)} complete, 0 pruned, {len(failed)} failed")
+    stopped = f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
+    print(stopped, flush=True)
+    client.set_tag(parent_run_id, "stopped", stopped)
     summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner", "trials": len(runs)}
     if runs:
         best = runs[0]

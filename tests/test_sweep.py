@@ -14,6 +14,7 @@ from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.config import ConfigError
 from mnist_lab.space import load_space
+from mnist_lab.sweep import REPORTS_PER_EPOCH
 
 from conftest import REPO
 
@@ -280,13 +281,13 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "sha": "SuccessiveHalvingPruner", "none": "NopPruner"}[pruner] == type(built).__name__
     if pruner == "hyperband":
         # training images seen: the largest epoch count in the space times 55,000 images per epoch
-        assert built._max_resource == 4 * 55_000 and built._min_resource == 55_000 // 4
+        assert built._max_resource == 4 * 55_000 and built._min_resource == 55_000 // REPORTS_PER_EPOCH
 
 
 def test_keras_tuner_hyperband_continues_promoted_trials_instead_of_retraining(store, tmp_path):
     space = tmp_path / "kt_hyperband.yaml"
     space.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
-                     "fixed: {data.train_size: 600, data.validation_size: 300, model.conv_blocks.0.filters: 8,"
+                     "fixed: {data.train_size: 300, data.validation_size: 100, model.conv_blocks.0.filters: 8,"
                      " model.conv_blocks.1.filters: 16}\n"
                      "pruner: hyperband\nconfirm: {top: 1, seeds: 2}\n"
                      "params: {model.dense.0: {choices: [16, 32]}, train.epochs: {low: 1, high: 3}}\n")
