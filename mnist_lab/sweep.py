@@ -451,7 +451,7 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
         if baseline:
             # The first trial is the base config itself: every other trial is judged against it.
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
-    budget, confirm = space.space.budget, space.space.confirm
+    budget = space.space.budget
     started = time.time()
     # One time budget for search and confirmation: workers stop starting trials when the next one
     # and the confirmation (estimated from the trials' own durations) would no longer fit.
