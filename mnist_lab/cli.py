@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # MLflow 3 reports usage to its developers; a lab on a closed network would only wait on it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mnist_lab.config import MnistLabError  # noqa: E402
+from mnist_lab.config import Interrupted, MnistLabError  # noqa: E402
 from mnist_lab.startup import import_tensorflow  # noqa: E402
 
 
@@ -24,12 +24,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mnist_lab.config import load_config
 
     config = load_config(args.config, args.overrides)  # a bad config fails before TensorFlow is loaded
-    import_tensorflow()
     from mnist_lab import tracking
+
+    tracking.setup()  # and so does a tracking store that cannot be used
+    import_tensorflow()
     from mnist_lab.train import check_save_path, train
 
     check_save_path(args.save)
-    tracking.setup()
     result = train(config, data_dir=args.data_dir, evaluate_test=args.evaluate_test, save=args.save)
     print(
         f"run {result.run_id}: val_accuracy {result.val_accuracy:.4f}, val_loss {result.val_loss:.4f} "
@@ -70,6 +71,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from mnist_lab.config import parse_overrides
+    from mnist_lab.space import load_space
+
+    # The space, the budget flags and the overrides are checked before MLflow and TensorFlow load
+    # (3-10 s): a typo costs half a second. `run` checks them again, for callers other than this CLI.
+    load_space(args.space, args.n_trials, args.timeout).config_for({}, parse_overrides(args.overrides))
+    if args.workers < 1:
+        raise MnistLabError(f"--workers {args.workers}: must be at least 1")
     from mnist_lab.sweep import SweepRequest, run
 
     summary = run(SweepRequest(
@@ -77,9 +86,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         storage=args.storage, engine=args.engine, overrides=args.overrides, data_dir=args.data_dir,
     ))
     verdict, test = summary.get("verdict"), summary.get("test")
+    if summary.get("failed"):  # stopped short of its budget: said why on stderr already
+        print(f"study {summary['study']}: unfinished, so no champion", file=sys.stderr)
+        return 1
     if verdict is None:
-        why = "unfinished (run the same command again to continue it)" if summary.get("best") else "no complete trial"
-        print(f"study {summary['study']}: {why}, so no champion")
+        print(f"study {summary['study']}: no complete trial, so no champion")
         return 0
     if verdict.promoted:
         head = f"crowned: registered as mnist-cnn@champion version {verdict.model_version}"
@@ -174,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         args.overrides += overrides
     # `train CONFIG KEY=VALUE`: argparse cannot tell an override from a config path by position.
-    if args.command == "sweep" and args.n_trials is not None and args.n_trials < 1:
-        print(f"mnist-lab sweep: error: --n-trials {args.n_trials}: must be at least 1", file=sys.stderr)
-        return 2
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"mnist-lab {args.command}: interrupted: {e}", file=sys.stderr)
+        return 130
     except MnistLabError as e:
         print(f"mnist-lab {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,10 @@ class ConfigError(MnistLabError):
     pass
 
 
+class Interrupted(MnistLabError):
+    """Ctrl-C or SIGTERM: the command stopped cleanly; the message says how to resume (exit 130)."""
+
+
 class _Section(BaseModel):
     # Frozen so a config can be shared by trials and runs without anyone mutating it;
     # extra="forbid" so a typo in a YAML key is an error, not a silently ignored setting.
@@ -40,15 +44,24 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     validation_size: int | float = 5000  # images held out of the 60,000 for validation; a float in (0, 1) is a fraction
     train_size: int | None = None  # cap on training images after the hold-out (None: all); small for smoke runs
-    seed: int = 0  # seeds the stratified split, so every run of a study sees the same validation images
+    # Seeds the stratified split, so every run of a study sees the same validation images.
+    # scikit-learn and NumPy take seeds in [0, 2**32).
+    seed: int = Field(0, ge=0, lt=2**32)
 
     @field_validator("validation_size")
     @classmethod
     def _validation_size(cls, v: int | float) -> int | float:
-        if isinstance(v, float) and not 0 < v < 1:
-            raise ValueError(f"a fraction must be in (0, 1), got {v}")
-        if isinstance(v, int) and not 10 <= v <= MNIST_TRAIN_IMAGES - 1000:
-            raise ValueError(f"must be between 10 and {MNIST_TRAIN_IMAGES - 1000} images, got {v}")
+        # A stratified split needs at least one image of each of the 10 digits on each side.
+        if isinstance(v, float):
+            if not 0 < v < 1:
+                raise ValueError(f"a fraction must be in (0, 1), got {v}")
+            if not 10 <= round(v * MNIST_TRAIN_IMAGES) <= MNIST_TRAIN_IMAGES - 1000:
+                raise ValueError(
+                    f"{v} of {MNIST_TRAIN_IMAGES:,} images is {round(v * MNIST_TRAIN_IMAGES):,}; the validation set "
+                    f"needs 10 to {MNIST_TRAIN_IMAGES - 1000:,} (at least one per digit)"
+                )
+        elif not 10 <= v <= MNIST_TRAIN_IMAGES - 1000:
+            raise ValueError(f"must be between 10 and {MNIST_TRAIN_IMAGES - 1000} images (at least one per digit), got {v}")
         return v
 
     @field_validator("train_size")
@@ -155,7 +168,7 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "one_cycle"] = "constant"
     weight_decay: float = Field(0.0, ge=0)  # decoupled (AdamW-style) decay per step, any optimizer; 0 disables it
     early_stopping_patience: int | None = None  # epochs without val_loss improvement before stopping; None: off
-    seed: int = 0  # weight initialisation and shuffling; `mnist-lab confirm` varies it
+    seed: int = Field(0, ge=0, lt=2**32)  # weight initialisation and shuffling; `mnist-lab confirm` varies it
     # Batches per compiled TensorFlow call: fewer Python round trips per epoch, same arithmetic and
     # results (`make bench` measures it against 1). Per-batch callbacks then fire once per call.
     steps_per_execution: int = Field(16, gt=0)
@@ -242,6 +255,8 @@ def _did_you_mean(key: str, known: Any) -> str:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a YAML file such as experiments/baseline.yaml")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; experiments live in experiments/*.yaml")
     try:
@@ -268,19 +283,32 @@ def merge(base: dict, diff: dict) -> dict:
     return out
 
 
-def build_config(diff: dict, overrides: dict[str, Any] | None = None, where: str = "config") -> Config:
-    """Defaults + a YAML diff + dotted overrides -> a validated Config (ConfigError otherwise)."""
+def build_config(diff: dict, overrides: dict[str, Any] | None = None, where: str = "config",
+                 override_where: str = "command line") -> Config:
+    """Defaults + a YAML diff + dotted overrides -> a validated Config (ConfigError otherwise).
+
+    An error names what gave the bad value: the override (`override_where: key=value`) when the
+    key came from there, else the file (`where`)."""
     tree = merge(Config().model_dump(), diff)
     unknown = _unknown_keys(diff, Config().model_dump())
     if unknown:
         raise ConfigError(f"{where}: {unknown}")
-    override_where = "command line" if where == "config" else f"{where} (override)"
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    for key, value in overrides.items():
         set_dotted(tree, key, value, override_where)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(f"{where}: {_describe(e)}") from None
+        loc, message = _describe(e)
+        # The override that set this key (or a whole section or list above it) is the culprit.
+        culprit = next((k for k in overrides if loc == k or loc.startswith(k + ".")), None)
+        if culprit is not None:
+            raise ConfigError(f"{override_where}: {culprit}={_show(overrides[culprit])}: {message}") from None
+        raise ConfigError(f"{where}: unknown key '{loc}'" if message == "unknown key" else f"{where}: {loc}: {message}") from None
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
@@ -304,16 +332,17 @@ def _unknown_keys(diff: Any, known: Any, prefix: str = "") -> str | None:
     return None
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> tuple[str, str]:
+    """(dotted key, what is wrong with it) of the first error."""
     first = error.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{loc}'"
+        return loc, "unknown key"
     got = first.get("input")
     got = "" if isinstance(got, (dict, list)) or "got" in msg else f" (got {got!r})"
     # The model-level kernel check puts its own key in front of the message.
     if msg.startswith("conv_blocks."):
         loc, _, msg = f"{loc}.{msg}".partition(": ")
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{loc}: {msg}{got}{more}"
+    return loc, f"{msg}{got}{more}"

@@ -5,7 +5,7 @@
     objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
     pruner: hyperband                   # none | median | sha | hyperband, on training images seen, 4 reports per epoch
-    budget: {n_trials: 20, timeout: 1800}
+    budget: {n_trials: 20, timeout: 1800, max_consecutive_failures: 5}
     confirm: {top: 2, seeds: 3, reserve: 0.1}   # retrain the best 2 and the baseline to 3 seeds before crowning
     params:
       model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
@@ -87,8 +87,12 @@ class Objective(_Strict):
 
 
 class Budget(_Strict):
-    n_trials: int = Field(20, gt=0)
+    n_trials: int = Field(20, gt=0)  # finished (complete or pruned) trials; failed ones do not count
     timeout: float | None = Field(None, gt=0)  # seconds for the whole study (per invocation)
+    # Failed trials (impossible configurations, diverging losses) are recorded and the search goes on;
+    # this many in a row means the space itself is broken: the sweep stops and exits non-zero.
+    # Trials lost to a killed or interrupted worker never count: they are retried.
+    max_consecutive_failures: int = Field(5, ge=1)
 
 
 class Confirm(_Strict):
@@ -128,11 +132,23 @@ class Space(_Strict):
             if not isinstance(spec, dict):
                 raise ValueError(f"{key}: expected {{low, high}} or {{choices}}, got {spec!r}")
             if "choices" in spec:
-                out[key] = ChoiceParam.model_validate(spec)
+                kind = ChoiceParam
             elif isinstance(spec.get("low"), int) and isinstance(spec.get("high"), int) and not isinstance(spec.get("step"), float):
-                out[key] = IntParam.model_validate(spec)
+                kind = IntParam
             else:
-                out[key] = FloatParam.model_validate(spec)
+                kind = FloatParam
+            try:
+                out[key] = kind.model_validate(spec)
+            except ValidationError as e:
+                # Validated here, one key at a time, so the message can say which key is wrong.
+                # A misspelt key also leaves the real one missing: the misspelling is the news.
+                first = min(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
+                field = ".".join(str(p) for p in first["loc"])
+                what = first["msg"].removeprefix("Value error, ")
+                if first["type"] == "extra_forbidden":
+                    allowed = ", ".join(kind.model_fields)
+                    raise ValueError(f"{key}: unknown key '{field}' (allowed: {allowed})") from None
+                raise ValueError(f"{key}: {field + ': ' if field else ''}{what}") from None
         return out
 
     @property
@@ -147,8 +163,12 @@ class LoadedSpace:
         self.path, self.space, self.base_diff, self.text = path, space, base_diff, text
 
     def config_for(self, values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
-        """Base + fixed + command-line overrides + the trial's values -> Config (ConfigError if impossible)."""
-        return build_config(self.base_diff, {**self.space.fixed, **(overrides or {}), **values}, where=f"{self.path} trial")
+        """Base + fixed + command-line overrides + the trial's values -> Config (ConfigError if impossible).
+
+        The sweep checks the overrides alone first (`values={}`), so an error there is blamed on the
+        command line; with values, on the trial."""
+        return build_config(self.base_diff, {**self.space.fixed, **(overrides or {}), **values}, where=str(self.path),
+                            override_where=f"{self.path} trial" if values else "command line")
 
     def baseline_values(self) -> dict[str, Any]:
         """The base config's value of each searched key, when it lies inside the space."""
@@ -174,7 +194,7 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "IntParam", "FloatParam", "ChoiceParam")))
         if first["type"] == "extra_forbidden":
-            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "top", "seeds", "reserve"]
+            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "max_consecutive_failures", "top", "seeds", "reserve"]
             close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(known)})"
             raise ConfigError(f"{path}: unknown key '{loc}'{hint}") from None
@@ -198,9 +218,14 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
     if space.multi_objective and space.pruner != "none":
         raise ConfigError(f"{path}: pruner: Optuna cannot prune multi-objective studies; use pruner: none")
     if n_trials is not None or timeout is not None:
-        budget = space.budget.model_copy(
-            update={k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
-        )
+        # Validated like the file's own budget (model_copy would not): --timeout 0 or -5 is an error.
+        update = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+        try:
+            budget = Budget.model_validate(space.budget.model_dump() | update)
+        except ValidationError as e:
+            first = e.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-")
+            raise ConfigError(f"{flag} {first['input']}: {first['msg'].lower()}") from None
         space = space.model_copy(update={"budget": budget})
     return LoadedSpace(path, space, base_diff, path.read_text())
 

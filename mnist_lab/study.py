@@ -30,9 +30,52 @@ SPLIT_KEYS = ("data.validation_size", "data.seed")
 # --- runs --------------------------------------------------------------------------------------
 
 
+def worker_id() -> str:
+    """host:pid of this process: written on every trial and confirmation run it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_is_dead(worker: str | None) -> bool:
+    """True only for a worker on this machine whose process is gone (SIGKILL, OOM, power cut).
+
+    What it left RUNNING can be ended at once instead of after the heartbeat grace period;
+    workers on other machines are judged by their heartbeats alone."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
     return {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number), "engine": engine,
-            "state": "RUNNING", "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            "state": "RUNNING", "worker": worker_id()}
+
+
+def end_dead_runs(client, study_name: str, parent_run_id: str) -> int:
+    """End the study's runs left RUNNING by dead processes on this machine (as KILLED), and free a
+    confirmation claim a dead process held; returns how many runs were ended."""
+    ended = 0
+    runs = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status = 'RUNNING'", max_results=1000)
+    for run in runs:
+        if run.data.tags.get("mnist_lab.kind") in ("trial", "confirm") and worker_is_dead(run.data.tags.get("worker")):
+            end_killed(client, run.info.run_id, "its worker stopped mid-run (killed or crashed)")
+            ended += 1
+    held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
+    if held and worker_is_dead(held.rsplit("@", 1)[0]):
+        client.delete_tag(parent_run_id, LOCK_TAG)
+    return ended
+
+
+def end_killed(client, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, "state", "FAIL")
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, status="KILLED")
 
 
 def create_parent_run(space, study_name: str, engine: str) -> str:
@@ -49,10 +92,30 @@ def create_parent_run(space, study_name: str, engine: str) -> str:
             "engine": engine, "sampler": s.sampler, "pruner": s.pruner,
             "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials),
             "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
+            "tracking_uri": tracking.redact(tracking.current_uri()),
         },
     )
     client.log_text(run.info.run_id, space.text, f"space/{space.path.name}")
     return run.info.run_id
+
+
+def check_parent_run(client, run_id: str, study_name: str, logged_to: str | None, instead: str) -> None:
+    """A study's search state (Optuna storage, KerasTuner folder) names its parent run; the tracking
+    store in use must hold it, or every trial would be logged under a run that does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        run = None
+    if run is None or run.info.lifecycle_stage == "deleted":
+        here = tracking.redact(tracking.current_uri())
+        was = f" (it logged to {logged_to})" if logged_to and logged_to != here else ""
+        raise MnistLabError(
+            f"study {study_name}: its MLflow run {run_id} is not in the tracking store {here}{was}; the store was "
+            f"switched or wiped since the study started. Point MLFLOW_TRACKING_URI back at that store, or start "
+            f"afresh with {instead}"
+        )
 
 
 def record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
@@ -194,6 +257,7 @@ def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: 
                    run_name=f"confirm · {c.label} · seed {seed}",
                    tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
                          "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
+                         "worker": worker_id(),
                          "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
     c.scores[seed] = result.val_accuracy
     if on_result:
@@ -255,9 +319,10 @@ def claim_confirmation(client, parent_run_id: str) -> bool:
     and reads back. A finished confirmation clears the claim; a stale one is taken over.
     """
     held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
-    if held and time.time() - float(held.rsplit("@", 1)[-1]) < LOCK_STALE_SECONDS:
+    holder, _, since = (held or "").rpartition("@")
+    if held and time.time() - float(since) < LOCK_STALE_SECONDS and not worker_is_dead(holder):
         return False
-    me = f"{socket.gethostname()}:{os.getpid()}@{time.time():.0f}"
+    me = f"{worker_id()}@{time.time():.0f}"
     client.set_tag(parent_run_id, LOCK_TAG, me)
     time.sleep(LOCK_SETTLE_SECONDS)
     return client.get_run(parent_run_id).data.tags.get(LOCK_TAG) == me

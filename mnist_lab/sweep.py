@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import warnings
@@ -26,13 +27,16 @@ from typing import Any
 
 from mnist_lab import study as studies
 from mnist_lab import tracking
-from mnist_lab.config import ConfigError, MnistLabError, parse_overrides
+from mnist_lab.config import ConfigError, Interrupted, MnistLabError, parse_overrides
 from mnist_lab.space import EPOCH_METRICS, LoadedSpace, load_space
 from mnist_lab.startup import import_tensorflow
 
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
 GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
-MAX_RETRY = 2  # times a dead worker's configuration is tried again
+MAX_RETRY = 2  # times a killed worker's configuration is tried again (an interrupted one: always)
+STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
+# Set on Ctrl-C or SIGTERM: running trials stop at their next batch and no trial starts.
+STOP = threading.Event()
 # Validation scores the pruner sees per epoch: 7 on a slice, then the full set. Pruning starts after
 # the first (an eighth of an epoch, 3-6 s of training here), so most trials cost seconds.
 REPORTS_PER_EPOCH = 8
@@ -67,8 +71,11 @@ def run(request: SweepRequest) -> dict[str, Any]:
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
     study_name = request.study or f"{Path(request.space_path).stem}-{request.engine}"
-    import_tensorflow()  # here, once, rather than in a worker thread in the middle of the live display
+    # Both stores are checked before TensorFlow loads: a wrong URL costs seconds, not a trial.
     tracking.setup()
+    if request.engine == "optuna":
+        make_storage(request.storage or default_storage())
+    import_tensorflow()  # here, once, rather than in a worker thread in the middle of the live display
     if request.engine == "keras-tuner":
         from mnist_lab import tuner
 
@@ -82,6 +89,11 @@ def run(request: SweepRequest) -> dict[str, Any]:
 def make_storage(url: str):
     import optuna
 
+    # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    if url.startswith("sqlite:///"):
+        tracking.create_sqlite_atomically(url, lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose())
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -89,7 +101,8 @@ def make_storage(url: str):
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=_on_dead_trial,
-                engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+                # A host that drops packets would otherwise hang the sweep for minutes.
+                engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else None,
             )
         except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
             # Machines starting together race to create Optuna's tables: the loser's CREATE fails
@@ -98,16 +111,19 @@ def make_storage(url: str):
                 time.sleep(1 + attempt)
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MnistLabError(f"--storage {url}: cannot open the Optuna storage ({first})") from None
+            raise MnistLabError(f"--storage {tracking.redact(url)}: cannot open the Optuna storage "
+                                f"({tracking.redact(first)[:200]})") from None
 
 
-def make_sampler(space: LoadedSpace, worker: int = 0):
+def make_sampler(space: LoadedSpace, worker: int = 0, trials_so_far: int = 0):
     import optuna
 
     s = space.space
     # Different seeds per worker, or parallel random/TPE workers would propose the same trials;
-    # QMC and grid walk a shared sequence keyed by trial number, so they keep one seed.
-    seed = None if s.seed is None else s.seed + worker
+    # and per resume (offset by the trials already there), or a restarted sampler would replay
+    # its sequence and repeat finished configurations. QMC and grid walk a shared sequence keyed
+    # by trial number, so they keep one seed.
+    seed = None if s.seed is None else s.seed + worker + 1000 * trials_so_far
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "qmc":
@@ -152,8 +168,6 @@ def open_study(space: LoadedSpace, study_name: str, storage_url: str, worker: in
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print our own one-line trial reports
-    # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = make_storage(storage_url)
     directions = [o.way for o in space.space.objective]
     try:
@@ -162,11 +176,12 @@ def open_study(space: LoadedSpace, study_name: str, storage_url: str, worker: in
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(space, worker), pruner=make_pruner(space))
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(space))
+        study.sampler = make_sampler(space, worker, len(study.get_trials(deepcopy=False)))
         created = False
         if [d.name.lower() for d in study.directions] != directions:
             raise MnistLabError(
-                f"study '{study_name}' in {storage_url} optimises {[d.name.lower() for d in study.directions]}, "
+                f"study '{study_name}' in {tracking.redact(storage_url)} optimises {[d.name.lower() for d in study.directions]}, "
                 f"but {space.path} asks for {directions}; pick another --study name"
             ) from None
     return study, created
@@ -181,33 +196,86 @@ def parent_run(study, space: LoadedSpace, study_name: str, created: bool, engine
         for _ in range(60):  # the creating worker may be a moment behind
             run_id = study.user_attrs.get("mlflow_parent_run_id")
             if run_id:
+                studies.check_parent_run(client, run_id, study_name, study.user_attrs.get("mlflow_tracking_uri"),
+                                         "--study NAME")
                 client.update_run(run_id, status="RUNNING")
                 return run_id
             time.sleep(1)  # user_attrs reads the storage afresh each time
     run_id = studies.create_parent_run(space, study_name, engine)
     study.set_user_attr("mlflow_parent_run_id", run_id)
+    study.set_user_attr("mlflow_tracking_uri", tracking.redact(tracking.current_uri()))
     return run_id
 
 
 def _on_dead_trial(study, trial) -> None:
-    """A worker died mid-trial: retry its configuration, and close its MLflow run as killed."""
+    """A worker died mid-trial (no heartbeat): retry its configuration, and end its MLflow run as killed."""
+    retry(study, trial, MAX_RETRY, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+
+
+def retry(study, trial, max_retry: int | None, reason: str) -> None:
+    """Queue `trial`'s configuration again and end its MLflow run KILLED.
+
+    Optuna's RetryFailedTrialCallback would copy the dead trial's user attributes (its run id,
+    worker, failure) into the retry; the retry starts clean, keeping only what the trial *is*."""
     import optuna
     from mlflow import MlflowClient
 
-    optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, trial)
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is None or len(history) <= max_retry:
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k == "baseline"},
+            system_attrs={**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                          "retry_history": history},
+        ))
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        client = MlflowClient()
-        client.set_tag(run_id, "state", "FAIL")
-        client.set_tag(run_id, "failure_reason", "its worker stopped mid-trial (killed or crashed); the configuration is retried")
-        client.set_terminated(run_id, status="KILLED")
+        studies.end_killed(MlflowClient(), run_id, reason)
+
+
+def reap_dead_trials(study) -> None:
+    """Trials whose worker on this machine is gone are failed and retried now, not after the grace period."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if studies.worker_is_dead(t.user_attrs.get("worker")):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except (UpdateFinishedTrialError, RuntimeError):
+                continue  # another worker reaped it first
+            _on_dead_trial(study, study._storage.get_trial(t._trial_id))
+
+
+def settle_interrupted(study, workers: set[str]) -> list[int]:
+    """After Ctrl-C: the trials `workers` were running are failed (if they did not stop in time),
+    queued again at the front, and their MLflow runs ended KILLED; returns their numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    settled = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("worker") not in workers or t.user_attrs.get("surplus"):
+            continue
+        if t.state == TrialState.RUNNING:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except (UpdateFinishedTrialError, RuntimeError):
+                pass
+            t = study._storage.get_trial(t._trial_id)
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
+            retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
+            settled.append(t.number)
+    return settled
 
 
 @dataclass
 class Counts:
     complete: int = 0
     pruned: int = 0
-    fail: int = 0
+    fail: int = 0  # the space's failures: impossible configurations, diverging losses, errors in training
+    lost: int = 0  # killed or interrupted workers' trials: not the space's fault, and retried
     running: int = 0
     waiting: int = 0
     surplus: int = 0
@@ -229,12 +297,35 @@ def count(study) -> Counts:
         elif t.state == TrialState.PRUNED:
             c.pruned += 1
         elif t.state == TrialState.FAIL:
-            c.fail += 1
+            if worker_lost(t):
+                c.lost += 1
+            else:
+                c.fail += 1
         elif t.state == TrialState.RUNNING:
             c.running += 1
         elif t.state == TrialState.WAITING:
             c.waiting += 1
     return c
+
+
+def worker_lost(t) -> bool:
+    """A failed trial whose worker was killed or interrupted; the objective records a reason for every other failure."""
+    return "fail_reason" not in t.user_attrs or bool(t.user_attrs.get("interrupted"))
+
+
+def failures_in_a_row(study) -> int:
+    """How many trials failed, by the space's fault, since the last one that finished."""
+    from optuna.trial import TrialState
+
+    ended = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+             if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and worker_lost(t))]
+    ended.sort(key=lambda t: (t.datetime_complete or t.datetime_start).timestamp() if (t.datetime_complete or t.datetime_start) else 0)
+    n = 0
+    for t in reversed(ended):
+        if t.state != TrialState.FAIL:
+            break
+        n += 1
+    return n
 
 
 class Surplus(Exception):
@@ -281,6 +372,8 @@ def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, 
                   overrides: dict, data_dir: str | None, parent_run_id: str, worker: int, threads: int | None,
                   end: float | None) -> None:
     """One worker: run trials until the study has n_trials finished ones, or time runs short."""
+    if threads:  # a worker process of its own (--workers N): Ctrl-C or SIGTERM stops its trial at the next batch
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     import_tensorflow()
     if threads:
         import tensorflow as tf
@@ -293,17 +386,25 @@ def optuna_worker(space_path: str, n_trials: int | None, timeout: float | None, 
     tracking.setup()
     space = load_space(space_path, n_trials, timeout)
     study, _ = open_study(space, study_name, storage_url, worker)
-    budget = space.space.budget.n_trials
-    objective = make_objective(space, study_name, overrides, data_dir, parent_run_id, budget)
-    while search_time_left(study, space, end):
-        optuna.storages.fail_stale_trials(study)
-        c = count(study)
-        if c.finished >= budget or c.fail >= max(budget, 3):  # a space that only fails must still end
-            break
-        if c.finished + c.running >= budget:
-            time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
-            continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    budget = space.space.budget
+    objective = make_objective(space, study_name, overrides, data_dir, parent_run_id, budget.n_trials)
+    try:
+        while not STOP.is_set() and search_time_left(study, space, end):
+            reap_dead_trials(study)
+            optuna.storages.fail_stale_trials(study)
+            c = count(study)
+            if c.finished >= budget.n_trials or failures_in_a_row(study) >= budget.max_consecutive_failures:
+                break
+            if c.finished + c.running >= budget.n_trials:
+                time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    except KeyboardInterrupt:
+        STOP.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_dir: str | None, parent_run_id: str, budget: int):
@@ -349,6 +450,8 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             self.epoch, self.next_report = epoch, self.every
 
         def on_train_batch_end(self, batch, logs=None):
+            if STOP.is_set():  # Ctrl-C in the main thread: this trial ends here, and is retried on resume
+                raise KeyboardInterrupt
             # With steps_per_execution, Keras calls this once per compiled call, `batch` being its last step.
             if self.slice is None or batch + 1 < self.next_report or self.next_report >= self.every * REPORTS_PER_EPOCH:
                 return
@@ -380,6 +483,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
         if len(ahead) >= budget:
             trial.set_user_attr("surplus", True)
             raise Surplus("the study's budget was already taken by other workers")
+        trial.set_user_attr("worker", studies.worker_id())  # so a dead or interrupted worker's trial is found at once
         values = suggest_optuna(trial, space.space)
         tags = studies.trial_tags(study_name, trial.number, "optuna")
         retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial.study.trials[trial.number])
@@ -399,6 +503,11 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
                            callbacks=[watcher], parent_run_id=parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
+        except KeyboardInterrupt:
+            # Not the configuration's fault: the main process queues it again and ends the run KILLED.
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", "interrupted; runs again on resume")
+            raise
         except Exception as e:
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
@@ -440,26 +549,89 @@ def validation_slice(config, data_dir: str | None, size: int = SLICE_IMAGES):
 
 
 def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest) -> dict[str, Any]:
+    """Search, then confirm and crown. Ctrl-C or SIGTERM at any point ends cleanly: see `Interrupted`."""
     from mlflow import MlflowClient
-    from rich.console import Console
 
     storage_url = request.storage or default_storage()
     study, created = open_study(space, study_name, storage_url)
     parent_run_id = parent_run(study, space, study_name, created)
+    client = MlflowClient()
+    # What a SIGKILLed run of this command left behind on this machine is settled before anything starts.
+    reap_dead_trials(study)
+    studies.end_dead_runs(client, study_name, parent_run_id)
     if created:
         baseline = space.baseline_values()
         if baseline:
             # The first trial is the base config itself: every other trial is judged against it.
             study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    STOP.clear()
+    workers = {studies.worker_id()}
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _search_confirm_crown(study, space, study_name, overrides, request, storage_url, parent_run_id, workers)
+    except KeyboardInterrupt:
+        STOP.set()
+        raise _interrupted(study, study_name, storage_url, parent_run_id, workers) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(study, study_name: str, storage_url: str, parent_run_id: str, workers: set[str]) -> Interrupted:
+    """Wait briefly for trials to stop at their next batch, then leave nothing RUNNING: the trials
+    interrupted are queued to run first on resume, their runs and the study's run end KILLED."""
+    from mlflow import MlflowClient
+
+    started = time.time()
+
+    def wait(seconds: float) -> None:
+        while any(h.is_alive() for h in _workers_started) and time.time() < started + seconds:
+            time.sleep(0.2)
+
+    wait(3)  # Ctrl-C in a terminal reached the worker processes too
+    procs = [h for h in _workers_started if isinstance(h, multiprocessing.process.BaseProcess)]
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: the worker stops its trial at the next batch
+    wait(STOP_WAIT_SECONDS)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    study = type(study)(study_name=study_name, storage=make_storage(storage_url))
+    settled = settle_interrupted(study, workers)
+    client = MlflowClient()
+    studies.end_dead_runs(client, study_name, parent_run_id)
+    # A confirmation seed cut short: MLflow ended it FAILED on the way out, or it is still RUNNING.
+    for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = 'confirm' "
+                                  "and attributes.status != 'FINISHED' and attributes.status != 'KILLED'"):
+        if run.data.tags.get("worker") in workers:
+            studies.end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM); confirmation resumes on rerun")
+    client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
+    client.set_terminated(parent_run_id, status="KILLED")
+    which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""
+    return Interrupted(f"stopped cleanly; {which}resume with: {tracking.command_line()}")
+
+
+_workers_started: list = []  # the worker threads or processes of this sweep, for a clean stop
+
+
+def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest,
+                          storage_url: str, parent_run_id: str, workers: set[str]) -> dict[str, Any]:
+    from mlflow import MlflowClient
+    from rich.console import Console
+
     budget = space.space.budget
     started = time.time()
     # One time budget for search and confirmation: workers stop starting trials when the next one
     # and the confirmation (estimated from the trials' own durations) would no longer fit.
     end = started + budget.timeout if budget.timeout else None
     args = (str(space.path), request.n_trials, request.timeout, study_name, storage_url, overrides, request.data_dir, parent_run_id)
+    _workers_started.clear()
     with Progress(study, budget.n_trials, space, end) as progress:
         if request.workers == 1:
             worker_thread = threading.Thread(target=optuna_worker, args=(*args, 0, None, end), daemon=True)
+            _workers_started.append(worker_thread)
             worker_thread.start()
             while worker_thread.is_alive():
                 worker_thread.join(1)
@@ -470,34 +642,38 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
             procs = [ctx.Process(target=optuna_worker, args=(*args, i, threads, end)) for i in range(request.workers)]
             for p in procs:
                 p.start()
-            try:
-                while any(p.is_alive() for p in procs):
-                    for p in procs:
-                        p.join(1)
-                    progress.update()
-            except KeyboardInterrupt:
+                _workers_started.append(p)
+                workers.add(f"{studies.worker_id().rpartition(':')[0]}:{p.pid}")
+            while any(p.is_alive() for p in procs):
                 for p in procs:
-                    p.terminate()
-                raise
+                    p.join(1)
+                progress.update()
         progress.update()
+    if STOP.is_set():  # a worker process was stopped by a signal of its own
+        raise KeyboardInterrupt
     study = type(study)(study_name=study_name, storage=make_storage(storage_url))
     c = count(study)
     client = MlflowClient()
-    client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed")
-    # An unfinished study (stopped by failures, not by its budget or time) crowns nothing.
-    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": storage_url}
+    client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills")
+    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": tracking.redact(storage_url)}
     out_of_time = end is not None and not search_time_left(study, space, end)
+    in_a_row = failures_in_a_row(study)
     done = c.finished >= budget.n_trials or out_of_time
     if c.finished >= budget.n_trials:
         stopped = f"stopped: the budget of {budget.n_trials} finished trials is reached"
     elif out_of_time:
         stopped = (f"stopped: the time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
                    f"after {c.finished} finished trials")
-    elif c.fail >= max(budget.n_trials, 3):
-        stopped = f"stopped: {c.fail} trials failed (see their failure_reason); fix the space and run again to resume"
+    elif in_a_row >= budget.max_consecutive_failures:
+        last = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason")), key=lambda t: t.number, default=None)
+        why = f" (the last: {last.user_attrs['fail_reason'][:200]})" if last else ""
+        stopped = (f"stopped: {in_a_row} trials failed in a row{why}, the limit budget.max_consecutive_failures; "
+                   f"{c.finished} of {budget.n_trials} trials finished. Fix the space, or raise the limit, and run again to resume")
+        summary["failed"] = stopped
     else:
         stopped = f"stopped with {c.finished} of {budget.n_trials} trials finished; run the same command again to resume"
-    Console(stderr=True, highlight=False).print(stopped)
+        summary["failed"] = stopped
+    Console(stderr=True, highlight=False).print(stopped, soft_wrap=True)
     client.set_tag(parent_run_id, "stopped", stopped)
     summary["stopped"] = stopped
     best = best_trial(study, space)
@@ -505,13 +681,14 @@ def run_optuna(space: LoadedSpace, study_name: str, overrides: dict, request: Sw
         client.set_tag(parent_run_id, "best_trial", str(best.number))
         client.log_metric(parent_run_id, f"best_{space.space.objective[0].metric}", best.values[0])
         summary["best"] = best
+    # An unfinished study (stopped by failures, not by its budget or time) crowns nothing.
     if best is not None and done:
         summary["verdict"] = confirm_stage(study, space, study_name, parent_run_id, request.data_dir, end)
         verdict = summary["verdict"]
         if not verdict.deferred:
             run_id = verdict.best.source_run_id if verdict.promoted else best.user_attrs["mlflow_run_id"]
             summary["test"] = studies.evaluate_once(run_id, request.data_dir)
-    client.set_terminated(parent_run_id, status="FINISHED" if done else "KILLED")
+    client.set_terminated(parent_run_id, status="FINISHED" if done else "FAILED")
     print_top(study, space)
     return summary
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+
+from mnist_lab.config import MnistLabError
 
 DEFAULT_EXPERIMENT = "mnist-lab"
 MODEL_NAME = "mnist-cnn"  # the registered model; its alias `champion` is what predict uses
@@ -26,6 +30,65 @@ CHAMPION_ALIAS = "champion"
 def default_store() -> tuple[str, str]:
     root = Path("mlruns").resolve()
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+# user:password@ in a URL (storage, tracking server); the user name is kept, it helps and is not secret.
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]*)@")
+# ?password=... style query parameters, as some database URLs carry them.
+_SECRET_PARAM = re.compile(r"(?i)(?P<key>[?&](?:password|passwd|pwd|token|secret|key|api_key)=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """`postgresql://lab:s3cret@db/optuna` -> `postgresql://lab:***@db/optuna`, wherever it occurs in text."""
+    text = _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['key']}***", text)
+
+
+def current_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_store()[0]
+
+
+def check_store() -> None:
+    """Fail in seconds, with one line, when the tracking store cannot be used: before any training.
+
+    MLflow itself would retry an unreachable server for minutes and then print a traceback, and
+    only notice a read-only mlruns/ when the first run is written."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as e:
+            reason = type(e).__name__ if not str(e) else str(e).split("(Caused by")[0].strip()
+            raise MnistLabError(
+                f"MLFLOW_TRACKING_URI={redact(uri)}: the tracking server does not answer ({redact(reason)[:160]}); "
+                "start it, or unset MLFLOW_TRACKING_URI to track in mlruns/"
+            ) from None
+        return
+    if not uri:
+        folder = Path("mlruns")
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif uri.startswith(("file://", "/")):
+        folder = Path(uri.removeprefix("file://"))
+    else:
+        return  # a database server (postgresql://, mysql://): MLflow's connection error is made one line below
+    what = f"MLFLOW_TRACKING_URI={redact(uri)}" if uri else "mlruns/ (the default tracking store)"
+    if folder.exists() and not folder.is_dir():
+        raise MnistLabError(f"{folder}: is a file, not a folder, so {what} cannot live there; move the file away")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+        database = folder / "mlflow.db"
+        if not uri and database.exists() and not os.access(database, os.W_OK):
+            raise PermissionError(f"{database} is read-only")
+    except OSError as e:
+        raise MnistLabError(
+            f"{folder}: cannot write the tracking store there ({e.strerror or e}); "
+            "run from a folder you can write to, or set MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def setup(experiment: str | None = None) -> str:
@@ -41,25 +104,61 @@ def setup(experiment: str | None = None) -> str:
         uri = os.environ["MLFLOW_TRACKING_URI"]
     else:
         uri, artifact_location = default_store()
-        Path("mlruns").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     if (uri, name) in _experiments:
         # Once per process and store: a sweep calls this for every trial.
         mlflow.set_experiment(experiment_id=_experiments[uri, name])
         return _experiments[uri, name]
-    found = mlflow.get_experiment_by_name(name)
-    if found is None:
-        try:
-            experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:
-            # Another worker created it between our look-up and create: use theirs.
-            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
-    else:
-        experiment_id = found.experiment_id
+    check_store()
+    try:
+        if uri.startswith("sqlite:///"):
+            create_sqlite_atomically(uri, _init_mlflow_db)
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            try:
+                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException:
+                # Another worker created it between our look-up and create: use theirs.
+                experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+        else:
+            experiment_id = found.experiment_id
+    except MlflowException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MnistLabError(f"tracking store {redact(uri)}: {redact(first)[:200]}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
     _experiments[uri, name] = experiment_id
     return experiment_id
+
+
+def create_sqlite_atomically(uri: str, init) -> None:
+    """Create the SQLite database at `uri` whole or not at all.
+
+    MLflow (and Optuna) build their schema in many steps; a process killed half-way leaves a
+    database no later run can open ("table _alembic_tmp_experiments already exists"). The schema
+    is built under a temporary name and linked into place only when complete."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while building
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        init(f"sqlite:///{tmp}")
+        try:
+            os.link(tmp, path)  # atomic, and never over a database another process finished first
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _init_mlflow_db(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, default_store()[1]).engine.dispose()
 
 
 _experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
@@ -104,7 +203,8 @@ def cpu_model() -> str:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command as typed, passwords masked: it is stored on runs and printed as the way to resume."""
+    return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
 
 
 def provenance_tags() -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mnist_lab import study as studies
 from mnist_lab import tracking
-from mnist_lab.config import ConfigError, MnistLabError
+from mnist_lab.config import ConfigError, Interrupted, MnistLabError
 from mnist_lab.space import LoadedSpace, declare_keras_tuner
 
 
@@ -53,14 +53,18 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     algo = algorithm(space)
     project = Path("mlruns") / "keras_tuner" / study_name
     client = MlflowClient()
-    parent_file = project / "mlflow_parent_run_id"
+    parent_file, uri_file = project / "mlflow_parent_run_id", project / "mlflow_tracking_uri"
     if parent_file.exists():
         parent_run_id = parent_file.read_text().strip()
+        studies.check_parent_run(client, parent_run_id, study_name, uri_file.read_text().strip() if uri_file.exists() else None,
+                                 f"--study NAME (or remove {project}/)")
         client.update_run(parent_run_id, status="RUNNING")
+        studies.end_dead_runs(client, study_name, parent_run_id)
     else:
         parent_run_id = studies.create_parent_run(space, study_name, engine="keras-tuner")
         client.set_tag(parent_run_id, "sampler", algo)
         project.mkdir(parents=True, exist_ok=True)
+        uri_file.write_text(tracking.redact(tracking.current_uri()))
         parent_file.write_text(parent_run_id)
 
     hp = kt.HyperParameters()
@@ -116,10 +120,26 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
         directory=str(project.parent),
         project_name=study_name,
         overwrite=False,  # reloading the oracle's saved trials is what resumes a study
-        max_consecutive_failed_trials=max(3, s.budget.n_trials),
+        max_consecutive_failed_trials=s.budget.max_consecutive_failures,
         **budget,
     )
-    tuner.search(verbose=0)
+    failed_out = None
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as e:
+        if "consecutive failures" not in str(e):
+            raise
+        failed_out = (f"stopped: {s.budget.max_consecutive_failures} trials failed in a row, the limit "
+                      f"budget.max_consecutive_failures (the last: {str(e).splitlines()[-1][:200]}); fix the space and run again")
+    except KeyboardInterrupt:
+        # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
+        for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status != 'FINISHED' "
+                                      "and attributes.status != 'KILLED'"):
+            if run.data.tags.get("worker") == studies.worker_id():
+                studies.end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM)")
+        client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
+        client.set_terminated(parent_run_id, status="KILLED")
+        raise Interrupted(f"stopped cleanly; resume with: {tracking.command_line()}") from None
     for line in printed:
         print(line)
 
@@ -130,10 +150,14 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     )
     failed = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
     client.set_tag(parent_run_id, "trials", f"{len(runs)} complete, 0 pruned, {len(failed)} failed")
-    stopped = f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
+    stopped = failed_out or f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
     print(stopped, flush=True)
     client.set_tag(parent_run_id, "stopped", stopped)
     summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner", "trials": len(runs)}
+    if failed_out:  # an unfinished study crowns nothing
+        summary["failed"] = failed_out
+        client.set_terminated(parent_run_id, status="FAILED")
+        return summary
     if runs:
         best = runs[0]
         client.set_tag(parent_run_id, "best_trial", best.data.tags["trial_number"])

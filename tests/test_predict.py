@@ -1,6 +1,10 @@
 """Prediction from people's image files: real MNIST test digits saved as PNG/JPEG, in many guises."""
 
 import json
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -98,8 +102,40 @@ def test_bad_files_are_reported_and_the_rest_still_predicted(test_digits, tmp_pa
 
 
 def test_image_error_for_a_directory(tmp_path):
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="is a directory"):
         to_mnist(tmp_path)
+
+
+def png_header_only(path, width, height):
+    """A PNG that claims width x height: what a decompression bomb looks like before decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_images_are_shrunk_in_bounded_memory_absurd_ones_refused_the_rest_predicted(test_digits, tmp_path, model_file, capsys):
+    good = save_png(test_digits[0][0], tmp_path / "seven.png")
+    page = Image.new("L", (14_000, 10_000), 255)  # 140 megapixels: a 600 dpi scan of a large sheet
+    page.paste(Image.fromarray(255 - test_digits[0][0]).resize((8_000, 8_000), Image.NEAREST), (3_000, 1_000))
+    huge = tmp_path / "huge.png"
+    page.save(huge, compress_level=1)
+    del page
+    bomb = png_header_only(tmp_path / "bomb.png", 20_000, 20_000)
+    assert main(["predict", str(bomb), str(huge), str(good), "--model", str(model_file)]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.strip().splitlines()] == [str(huge), str(good)]
+    assert all(line.split(": ")[1].startswith("7 ") for line in out.strip().splitlines())
+    assert err.strip() == (f"mnist-lab predict: error: {bomb}: 400,000,000 pixels is beyond the 150,000,000-pixel limit "
+                           "for a digit image; scale it down or crop it")
+    # Memory: one byte per pixel of the file's gray image at most, not the 1.96 GB float copies took.
+    measure = ("import resource, sys; from mnist_lab.predict import to_mnist; "
+               "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; to_mnist(sys.argv[1]); "
+               "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    grown = subprocess.run([sys.executable, "-c", measure, str(huge)], capture_output=True, text=True, check=True)
+    assert int(grown.stdout) < 14_000 * 10_000 * 1.5 / 2**20, grown.stdout  # MiB
 
 
 def test_default_model_is_the_champion_else_the_newest_run(store, test_digits, capsys):

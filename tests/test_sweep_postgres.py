@@ -15,9 +15,13 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO
-from test_sweep import SMOKE, assert_one_run_per_trial, finished
+from test_sweep import SMOKE, assert_one_run_per_trial, finished, runs_of
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+PASSWORD = "planted-pw-8086"  # must never reach a run, a tag, an artifact or the output
+# Credentials in the environment, as CI systems and shells hold them: none may reach the store either.
+PLANTED_ENV = {"MNIST_LAB_API_TOKEN": "planted-token-4242", "AWS_SECRET_ACCESS_KEY": "planted-key-1729",
+               "DB_PASSWORD": PASSWORD}
 
 
 def free_port() -> int:
@@ -40,14 +44,21 @@ def postgres():
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
     data, port = os.path.join(folder, "data"), free_port()
-    subprocess.run(as_postgres([f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]), check=True, capture_output=True)
+    pwfile = os.path.join(folder, "pw")
+    with open(pwfile, "w") as f:
+        f.write(PASSWORD)
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres")
+    # Password authentication over TCP, as on a shared server: the password is in every URL below.
+    subprocess.run(as_postgres([f"{bin_dir}/initdb", "-D", data, "--auth-host=scram-sha-256", "--auth-local=trust",
+                                "-U", "postgres", f"--pwfile={pwfile}"]), check=True, capture_output=True)
     subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"), "-o",
                                 f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"]), check=True, capture_output=True)
     try:
         for db in ("optuna", "mlflow"):
             subprocess.run(as_postgres([f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db]),
-                           check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+                           check=True, capture_output=True, env=os.environ | {"PGPASSWORD": PASSWORD})
+        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}"
     finally:
         subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -78,9 +89,9 @@ def tracking_server(postgres, tmp_path, monkeypatch):
     server.wait()
 
 
-def test_two_machines_share_a_study_through_postgresql(store, postgres, tracking_server):
+def test_two_machines_share_a_study_through_postgresql_and_no_secret_leaks(store, postgres, tracking_server, tmp_path):
     storage = f"{postgres}/optuna"
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server, "CI": "true"}
+    env = os.environ | PLANTED_ENV | {"MLFLOW_TRACKING_URI": tracking_server, "CI": "true"}
     cmd = [str(REPO / ".venv" / "bin" / "mnist-lab"), "sweep", SMOKE, "--n-trials", "4", "--storage", storage]
     # Two separate working folders: the machines share only PostgreSQL and the tracking server.
     machines = []
@@ -103,3 +114,18 @@ def test_two_machines_share_a_study_through_postgresql(store, postgres, tracking
     confirms = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mnist-lab").experiment_id],
                                           "tags.`mnist_lab.kind` = 'confirm'")
     assert len(confirms) == 1 and len(MlflowClient().search_model_versions("name = 'mnist-cnn'")) == 1
+
+    # No secret anywhere: the output of both machines, both databases, every artifact.
+    dump = ""
+    for db in ("optuna", "mlflow"):
+        dump += subprocess.run(as_postgres([f"{PG_BIN[-1]}/pg_dump", "-h", "127.0.0.1", "-p", postgres.rsplit(":", 1)[1],
+                                            "-U", "postgres", db]), capture_output=True, text=True, check=True,
+                               env=os.environ | {"PGPASSWORD": PASSWORD}).stdout
+    assert "smoke-optuna" in dump and "trial_number" in dump  # the dump holds the study and its runs
+    artifacts = b"".join(p.read_bytes() for p in (tmp_path / "artifacts").rglob("*") if p.is_file())
+    assert b"requirements" in artifacts or len(artifacts) > 10_000
+    for secret in PLANTED_ENV.values():
+        assert secret not in dump and secret.encode() not in artifacts
+        assert all(secret not in o for o in outputs)
+    command = runs_of("smoke-optuna", "study")[0].data.tags["command"]
+    assert "postgresql://postgres:***@127.0.0.1" in command

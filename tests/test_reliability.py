@@ -1,0 +1,291 @@
+"""Nothing lost, nothing leaked: kills, interrupts, failing spaces and broken stores, through the
+real CLI on a real MLflow store and a real Optuna storage (issue #9)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from mnist_lab import tracking
+from test_sweep import SMOKE, finished, load, runs_of, sweep_cmd
+
+COMPLETE, PRUNED, FAIL, RUNNING, WAITING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                                           optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING,
+                                           optuna.trial.TrialState.WAITING)
+# Grace 60 s: a resumed sweep must not wait it out; a dead local worker is recognised by its pid.
+ENV = {"MNIST_LAB_HEARTBEAT_SECONDS": "1", "MNIST_LAB_GRACE_SECONDS": "60", "CI": "true"}
+
+
+def poll(what, timeout=180, every=0.05):
+    """Call `what` until it returns something truthy (reads may race the sweep's writes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = what()
+        except Exception:  # the study or the run does not exist yet, or sqlite is busy a moment
+            found = None
+        if found:
+            return found
+        time.sleep(every)
+    return None
+
+
+def trials(store):
+    return load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna").get_trials(deepcopy=False)
+
+
+def start(*args):
+    return subprocess.Popen(sweep_cmd("--n-trials", "3", *args), env=os.environ | ENV, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def artifacts_of(store, run_id):
+    return list((store / "mlruns" / "artifacts" / run_id / "artifacts" / "plots").glob("*.png"))
+
+
+def test_five_sigkills_at_different_points_lose_nothing(store):
+    killed_at = []
+    global T0
+    T0 = time.time()
+
+    # 1. During start-up: TensorFlow loading, the parent run being created.
+    proc = start()
+    assert poll(lambda: (store / "mlruns" / "mlflow.db").exists(), 60)
+    time.sleep(1)
+    kill(proc)
+    killed_at.append("start-up")
+    print("start-up", round(time.time() - T0))
+
+    # 2. During an epoch: a trial has reported a validation score from inside its first epoch.
+    proc = start()
+    assert poll(lambda: any(t.state == RUNNING and t.intermediate_values for t in trials(store)))
+    kill(proc)
+    killed_at.append("epoch")
+    print("epoch", round(time.time() - T0))
+
+    # 3. While artifacts are written: the running trial's plots are on disk, its run not yet ended.
+    proc = start()
+
+    def writing():
+        running = [t for t in trials(store) if t.state == RUNNING and "mlflow_run_id" in t.user_attrs]
+        return any(artifacts_of(store, t.user_attrs["mlflow_run_id"]) for t in running)
+
+    assert poll(writing)
+    kill(proc)
+    killed_at.append("artifacts")
+    print("artifacts", round(time.time() - T0))
+
+    # 4. Between trials: the moment a trial has completed.
+    proc = start()
+    done = len([t for t in trials(store) if t.state == COMPLETE])
+    assert poll(lambda: len([t for t in trials(store) if t.state == COMPLETE]) > done)
+    kill(proc)
+    killed_at.append("between trials")
+    print("between trials", round(time.time() - T0))
+
+    # 5. During the confirmation stage: a confirmation seed is training.
+    proc = start()
+    assert poll(lambda: runs_of("smoke-optuna", "confirm") and any(
+        r.info.status == "RUNNING" for r in runs_of("smoke-optuna", "confirm")), 300), proc.communicate(timeout=60)
+    kill(proc)
+    killed_at.append("confirmation")
+    print("confirmation", round(time.time() - T0))
+
+    # Then the same command, to the end.
+    out = subprocess.run(sweep_cmd("--n-trials", "3"), env=os.environ | ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(killed_at) == 5
+
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
+    tracking.setup()
+    client = MlflowClient()
+    assert len(finished(study)) == 3  # exactly the requested number
+    assert not [t for t in study.trials if t.state == RUNNING]
+    lost = [t for t in study.trials if t.state == FAIL]
+    assert len(lost) >= 2 and all("fail_reason" not in t.user_attrs for t in lost)  # kills are not the space's failures
+    trial_runs = runs_of("smoke-optuna")
+    finished_runs = Counter(r.data.tags["trial_number"] for r in trial_runs if r.info.status == "FINISHED")
+    for t in finished(study):
+        assert finished_runs[str(t.number)] == 1, t.number  # one FINISHED run each
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+        names = {Path(a).name for a in artifacts_of(store, run.info.run_id)}
+        assert names == {"learning_curves.png", "confusion_matrix.png", "misclassified.png"}, names
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "environment", "plots"}
+        assert client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    for t in lost:  # each killed trial's run, if it got one, ended KILLED
+        if "mlflow_run_id" in t.user_attrs:
+            assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    every_run = client.search_runs([tracking.setup()], "", max_results=1000)
+    assert not [r for r in every_run if r.info.status == "RUNNING"]
+    parents = runs_of("smoke-optuna", "study")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["confirmation"]  # the verdict was reached after all
+    seeds = [r for r in runs_of("smoke-optuna", "confirm") if r.info.status == "FINISHED"]
+    assert len(seeds) == 1  # smoke confirms the best trial with one more seed: the killed one was redone once
+
+
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_where_they_stopped(store):
+    victims = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = start("data.train_size=3000")
+        victim = poll(lambda: next((t for t in trials(store) if t.state == RUNNING and t.intermediate_values), None))
+        assert victim
+        if victims:  # resumed: the interrupted configuration runs first, with no heartbeat grace to wait out
+            assert victim.system_attrs["failed_trial"] == victims[-1].number and victim.params == victims[-1].params
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)  # Ctrl-C reaches the group
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("mnist-lab sweep: interrupted: stopped cleanly") and "resume with: mnist-lab sweep" in last
+        assert f"trial {victim.number} runs again first" in last and "Traceback" not in err
+        study = trials(store)
+        assert not [t for t in study if t.state == RUNNING]
+        stopped = study[victim.number]
+        assert stopped.state == FAIL and stopped.user_attrs["interrupted"]
+        retry = [t for t in study if t.system_attrs.get("retry_history", [])[-1:] == [victim.number]]
+        assert len(retry) == 1 and retry[0].state == WAITING and retry[0].params == stopped.params
+        assert not retry[0].user_attrs  # it starts clean: no run id or failure inherited
+        tracking.setup()
+        run = MlflowClient().get_run(stopped.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["state"] == "FAIL"
+        assert runs_of("smoke-optuna", "study")[0].info.status == "KILLED"
+        victims.append(stopped)
+    assert not [r for r in MlflowClient().search_runs([tracking.setup()], "") if r.info.status == "RUNNING"]
+
+
+def test_a_space_that_keeps_failing_stops_at_its_limit_exits_non_zero_and_crowns_nothing(store, tmp_path):
+    space = tmp_path / "doomed.yaml"
+    space.write_text(
+        f"base: {Path(SMOKE).parent / 'baseline.yaml'}\n"
+        "fixed: {data.train_size: 500, data.validation_size: 100, train.epochs: 1, model.dense: [16]}\n"
+        "sampler: random\npruner: none\nbudget: {n_trials: 2, max_consecutive_failures: 3}\n"
+        # a 21x21 kernel cannot see the 12x12 feature map: every trial is impossible
+        "params:\n  model.conv_blocks.1.kernel_size: {choices: [15, 21]}\n"
+    )
+    cmd = [str(Path(sweep_cmd()[0])), "sweep", str(space)]
+    out = subprocess.run(cmd, env=os.environ | ENV, capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "3 trials failed in a row" in out.stderr and "larger than the 12x12 feature map" in out.stderr
+    assert "Traceback" not in out.stderr
+    study = load(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}", "doomed-optuna")
+    assert [t.state for t in study.trials] == [FAIL] * 3
+    parent = runs_of("doomed-optuna", "study")[0]
+    assert parent.info.status == "FAILED" and "failed in a row" in parent.data.tags["stopped"]
+    assert not MlflowClient().search_registered_models()  # an unfinished study crowns nothing
+
+
+# --- bad input: refused in about a second, before TensorFlow loads, blaming the right thing ----------
+
+BASELINE = str(Path(SMOKE).parent / "baseline.yaml")
+BAD_INPUTS = [
+    (["train", BASELINE, "data.validation_size=0.0001"], "command line: data.validation_size=0.0001: 0.0001 of 60,000 images is 6"),
+    (["train", BASELINE, "data.seed=-1"], "command line: data.seed=-1: Input should be greater than or equal to 0"),
+    (["train", BASELINE, "train.seed=-3"], "command line: train.seed=-3"),
+    (["train", BASELINE, "model.conv_blocks.0.filters=0"], "command line: model.conv_blocks.0.filters=0: Input should be greater than 0"),
+    (["train", BASELINE, "model.conv_blocks=[{kernel_size: 40}]"], "command line: model.conv_blocks=[{kernel_size: 40}]: "),
+    (["train", str(Path(SMOKE).parent)], "experiments: is a directory"),
+    (["sweep", str(Path(SMOKE).parent)], "experiments: is a directory"),
+    (["sweep", SMOKE, "--timeout", "-5"], "--timeout -5.0: input should be greater than 0"),
+    (["sweep", SMOKE, "--timeout", "0"], "--timeout 0.0: input should be greater than 0"),
+    (["sweep", SMOKE, "--n-trials", "0"], "--n-trials 0: input should be greater than 0"),
+    (["sweep", SMOKE, "--workers", "0"], "--workers 0: must be at least 1"),
+    (["sweep", SMOKE, "model.dropout=2"], "command line: model.dropout=2: must be in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", BAD_INPUTS, ids=[" ".join(a[2:] or a[:2]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_its_culprit(store, capsys, argv, expected):
+    from mnist_lab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (store / "mlruns").exists()  # nothing written
+
+
+def test_bad_input_is_refused_before_tensorflow_loads(store):
+    for argv in (["train", BASELINE, "data.seed=-1"], ["sweep", SMOKE, "--timeout", "-5"]):
+        out = subprocess.run([sys.executable, "-c", CHECK_NO_TF, *argv], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "tensorflow was not imported" in out.stdout
+
+
+CHECK_NO_TF = """
+import sys
+from mnist_lab.cli import main
+rc = main(sys.argv[1:])
+if "tensorflow" not in sys.modules:
+    print("tensorflow was not imported")
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("space, expected", [
+    ("params: {model.dropout: {low: 0.5, high: 0.1}}", "params: model.dropout: low (0.5) > high (0.1)"),
+    ("params: {train.batch_size: {choices: []}}", "params: train.batch_size: choices: List should have at least 1 item"),
+    ("params: {train.epochs: {low: 1, hihg: 3}}", "params: train.epochs: unknown key 'hihg'"),
+])
+def test_space_errors_name_the_key(tmp_path, space, expected):
+    from mnist_lab.config import ConfigError
+    from mnist_lab.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {BASELINE}\n{space}\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(path)
+    assert str(e.value).startswith(f"{path}: {expected}"), str(e.value)
+
+
+# --- stores that cannot be used: one line in seconds, before any training ----------------------------
+
+
+def cli(*argv, env=None, cwd=None, timeout=60):
+    return subprocess.run([str(Path(sweep_cmd()[0])), *argv], env=os.environ | ENV | (env or {}), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(out, expected):
+    err = out.stderr.strip()
+    assert out.returncode == 2, err[-2000:]
+    assert len(err.splitlines()) == 1 and expected in err, err
+    return err
+
+
+def test_unreachable_tracking_server_and_storage(store):
+    started = time.time()
+    out = cli("train", BASELINE, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    one_line_error(out, "MLFLOW_TRACKING_URI=http://127.0.0.1:9: the tracking server does not answer")
+    assert time.time() - started < 30  # MLflow alone retried for over four minutes
+    out = cli("sweep", SMOKE, "--storage", "postgresql://lab:planted-pw-5150@127.0.0.1:9/optuna")
+    err = one_line_error(out, "--storage postgresql://lab:***@127.0.0.1:9/optuna: cannot open the Optuna storage")
+    assert "planted-pw-5150" not in err
+
+
+def test_mlruns_that_is_a_file_or_read_only(store):
+    (store / "mlruns").write_text("not a folder")
+    one_line_error(cli("train", BASELINE), "mlruns: is a file, not a folder")
+    assert (store / "mlruns").read_text() == "not a folder"  # nothing touched
+    (store / "mlruns").unlink()
+    (store / "mlruns").mkdir()
+    if os.geteuid() == 0:  # root writes through permissions: a read-only file system it is
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(store / "mlruns")], check=True)
+        try:
+            one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Read-only file system)")
+        finally:
+            subprocess.run(["umount", str(store / "mlruns")], check=True)
+    else:
+        (store / "mlruns").chmod(0o555)
+        one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Permission denied)")
