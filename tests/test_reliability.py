@@ -55,7 +55,8 @@ def artifacts_of(store, run_id):
     return list((store / "mlruns" / "artifacts" / run_id / "artifacts" / "plots").glob("*.png"))
 
 
-def test_five_sigkills_at_different_points_lose_nothing(store):
+def test_five_sigkills_at_different_points_lose_nothing(bare_store):
+    store = bare_store
     killed_at = []
     global T0
     T0 = time.time()
@@ -207,13 +208,13 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("argv, expected", BAD_INPUTS, ids=[" ".join(a[2:] or a[:2]) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_naming_its_culprit(store, capsys, argv, expected):
+def test_bad_input_is_one_line_naming_its_culprit(bare_store, capsys, argv, expected):
     from mnist_lab.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
-    assert not (store / "mlruns").exists()  # nothing written
+    assert not (bare_store / "mlruns").exists()  # nothing written
 
 
 def test_bad_input_is_refused_before_tensorflow_loads(store):
@@ -274,7 +275,8 @@ def test_unreachable_tracking_server_and_storage(store):
     assert "planted-pw-5150" not in err
 
 
-def test_mlruns_that_is_a_file_or_read_only(store):
+def test_mlruns_that_is_a_file_or_read_only(bare_store):
+    store = bare_store
     (store / "mlruns").write_text("not a folder")
     one_line_error(cli("train", BASELINE), "mlruns: is a file, not a folder")
     assert (store / "mlruns").read_text() == "not a folder"  # nothing touched

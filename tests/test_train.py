@@ -22,7 +22,8 @@ def only_run(client):
     return runs[0]
 
 
-def test_train_logs_params_curves_tags_and_artifacts(store):
+def test_train_logs_params_curves_tags_and_artifacts(bare_store):
+    store = bare_store
     assert main(["train", str(REPO / "experiments/baseline.yaml"), *TINY, "train.epochs=2"]) == 0
     client = MlflowClient()
     run = only_run(client)
