@@ -110,6 +110,9 @@ def load_mnist(folder: Path | None) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _download() -> tuple[dict[str, np.ndarray], str]:
+    from mnist_lab.startup import import_tensorflow
+
+    import_tensorflow()  # keras.datasets loads TensorFlow: without its start-up notices
     import keras
 
     try:

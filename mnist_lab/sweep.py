@@ -71,7 +71,11 @@ def run(request: SweepRequest) -> dict[str, Any]:
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
     study_name = request.study or f"{Path(request.space_path).stem}-{request.engine}"
-    # Both stores are checked before TensorFlow loads: a wrong URL costs seconds, not a trial.
+    # The data and both stores are checked before TensorFlow loads: a missing dataset or a wrong
+    # URL costs seconds, not a trial that fails for a reason no configuration can change.
+    from mnist_lab import data
+
+    data.load_split(space.config_for({}, overrides).data, request.data_dir)
     tracking.setup()
     if request.engine == "optuna":
         make_storage(request.storage or default_storage())
@@ -92,10 +96,10 @@ def make_storage(url: str):
     # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    if url.startswith("sqlite:///"):
-        tracking.create_sqlite_atomically(url, lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose())
     for attempt in range(3):
         try:
+            if url.startswith("sqlite:///"):
+                tracking.create_sqlite_atomically(url, lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose())
             return optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=HEARTBEAT_SECONDS,
@@ -584,8 +588,11 @@ def _interrupted(study, study_name: str, storage_url: str, parent_run_id: str, w
 
     started = time.time()
 
+    def running() -> bool:
+        return any(not h.done.is_set() if isinstance(h, WorkerThread) else h.is_alive() for h in _workers_started)
+
     def wait(seconds: float) -> None:
-        while any(h.is_alive() for h in _workers_started) and time.time() < started + seconds:
+        while running() and time.time() < started + seconds:
             time.sleep(0.2)
 
     wait(3)  # Ctrl-C in a terminal reached the worker processes too
@@ -616,6 +623,21 @@ def _interrupted(study, study_name: str, storage_url: str, parent_run_id: str, w
 _workers_started: list = []  # the worker threads or processes of this sweep, for a clean stop
 
 
+class WorkerThread(threading.Thread):
+    """The single worker's thread, with its own `done` flag: after Ctrl-C interrupts `join()`,
+    `Thread.is_alive()` can wrongly say False while the thread still runs (CPython before 3.13)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.done = threading.Event()
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.done.set()
+
+
 def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides: dict, request: SweepRequest,
                           storage_url: str, parent_run_id: str, workers: set[str]) -> dict[str, Any]:
     from mlflow import MlflowClient
@@ -630,11 +652,10 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
     _workers_started.clear()
     with Progress(study, budget.n_trials, space, end) as progress:
         if request.workers == 1:
-            worker_thread = threading.Thread(target=optuna_worker, args=(*args, 0, None, end), daemon=True)
+            worker_thread = WorkerThread(target=optuna_worker, args=(*args, 0, None, end), daemon=True)
             _workers_started.append(worker_thread)
             worker_thread.start()
-            while worker_thread.is_alive():
-                worker_thread.join(1)
+            while not worker_thread.done.wait(1):
                 progress.update()
         else:
             threads = max(1, (os.cpu_count() or 1) // request.workers)

@@ -283,7 +283,9 @@ def test_mlruns_that_is_a_file_or_read_only(bare_store):
     (store / "mlruns").unlink()
     (store / "mlruns").mkdir()
     if os.geteuid() == 0:  # root writes through permissions: a read-only file system it is
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(store / "mlruns")], check=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(store / "mlruns")], capture_output=True)
+        if mounted.returncode != 0:  # a container without CAP_SYS_ADMIN
+            pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.decode().strip()}")
         try:
             one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Read-only file system)")
         finally:

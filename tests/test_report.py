@@ -32,7 +32,7 @@ def test_overfitting_verdict_on_real_runs(store):
     fine = train(load_config(None, SMALL_NET + ["data.train_size=6000", "model.dense=[64]", "model.dropout=0.5", "train.epochs=4"]), log_model=False)
     checks = report.fit_checks(history_of(fine))
     assert checks["overfit_from"] is None and "overfitting" not in checks["verdict"]
-    assert checks["min_val_loss_epoch"] == checks["best_epoch"] or checks["min_val_loss_epoch"] >= 3
+    assert checks["min_val_loss_epoch"] >= 3  # still improving late in the run
 
 
 def test_fit_checks_rules():
@@ -56,7 +56,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
     csv = pd.read_csv(out / "runs.csv")
     assert len(csv) == 3 and {"verdict", "gap_last", "metrics.val_accuracy"} <= set(csv.columns)
     md = (out / "report.md").read_text()
-    assert "## Leaderboard" in md and "## Confirmation over seeds" in md and ("tied within noise" in md or "beats" in md)
+    assert "## Leaderboard" in md and "## Confirmation over seeds" in md
 
     experiment_id = tracking.setup()
     client = MlflowClient()

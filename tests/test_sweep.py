@@ -125,8 +125,7 @@ def test_cli_reports_a_bad_space_in_one_line(store, tmp_path, capsys):
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "out of range" in err and len(err.splitlines()) == 1
-    assert not (store / "mlruns" / "optuna.db").exists() or not optuna.get_all_study_summaries(
-        f"sqlite:///{store / 'mlruns' / 'optuna.db'}")
+    assert not (store / "mlruns" / "optuna.db").exists()  # refused before any storage was opened
 
 
 def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_goes_on(store, tmp_path, capsys):
@@ -149,7 +148,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
             continue
         run = runs[str(t.number)]
         assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
-        assert run.data.tags["failure_reason"] in t.user_attrs["fail_reason"] or t.user_attrs["fail_reason"] in run.data.tags["failure_reason"]
+        assert run.data.tags["failure_reason"][:500] == t.user_attrs["fail_reason"]
         if t.params["model.conv_blocks.1.kernel_size"] == 15:
             assert "larger than the 12x12 feature map" in t.user_attrs["fail_reason"]
             kinds.add("impossible")
