@@ -60,9 +60,14 @@ def check_store() -> None:
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as e:
-            reason = type(e).__name__ if not str(e) else str(e).split("(Caused by")[0].strip()
+            if isinstance(e, requests.Timeout):
+                reason = "no answer within 5 s"
+            elif isinstance(e, requests.HTTPError):
+                reason = f"HTTP {e.response.status_code} from /health"
+            else:
+                reason = "cannot connect"
             raise MnistLabError(
-                f"MLFLOW_TRACKING_URI={redact(uri)}: the tracking server does not answer ({redact(reason)[:160]}); "
+                f"MLFLOW_TRACKING_URI={redact(uri)}: the tracking server does not answer ({reason}); "
                 "start it, or unset MLFLOW_TRACKING_URI to track in mlruns/"
             ) from None
         return
