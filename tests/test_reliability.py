@@ -234,22 +234,6 @@ sys.exit(rc)
 """
 
 
-@pytest.mark.parametrize("space, expected", [
-    ("params: {model.dropout: {low: 0.5, high: 0.1}}", "params: model.dropout: low (0.5) > high (0.1)"),
-    ("params: {train.batch_size: {choices: []}}", "params: train.batch_size: choices: List should have at least 1 item"),
-    ("params: {train.epochs: {low: 1, hihg: 3}}", "params: train.epochs: unknown key 'hihg'"),
-])
-def test_space_errors_name_the_key(tmp_path, space, expected):
-    from mnist_lab.config import ConfigError
-    from mnist_lab.space import load_space
-
-    path = tmp_path / "space.yaml"
-    path.write_text(f"base: {BASELINE}\n{space}\n")
-    with pytest.raises(ConfigError) as e:
-        load_space(path)
-    assert str(e.value).startswith(f"{path}: {expected}"), str(e.value)
-
-
 # --- stores that cannot be used: one line in seconds, before any training ----------------------------
 
 

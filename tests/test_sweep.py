@@ -103,8 +103,10 @@ def test_four_local_workers_share_one_sqlite_study(store):
     "text, expected",
     [
         ("params: {model.dropot: {low: 0, high: 0.5}}", "'model.dropot'"),
-        ("params: {model.dropout: {low: 0.5, high: 0.1}}", "low (0.5) > high (0.1)"),
-        ("params: {train.batch_size: {choices: []}}", "choices"),
+        # the key is named in every message
+        ("params: {model.dropout: {low: 0.5, high: 0.1}}", "params: model.dropout: low (0.5) > high (0.1)"),
+        ("params: {train.batch_size: {choices: []}}", "params: train.batch_size: choices: List should have at least 1 item"),
+        ("params: {train.epochs: {low: 1, hihg: 3}}", "params: train.epochs: unknown key 'hihg' (allowed: low, high, step, log)"),
         ("params: {train.epochs: {low: 1, high: 3}}\nsampler: bayes", "sampler"),
         ("params: {train.epochs: {low: 1, high: 3}}\nbudgt: {n_trials: 3}", "unknown key 'budgt' (did you mean 'budget'?)"),
         ("params: {train.epochs: {low: 1, high: 3}}\nfixed: {train.epochs: 0}", "train.epochs"),
