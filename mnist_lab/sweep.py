@@ -7,9 +7,12 @@
 
 A study is one parent MLflow run with one nested run per trial (mnist_lab/study.py holds what
 the two engines share, confirmation and crowning included). Running the same command
-again continues the study: finished trials stay, a trial whose worker died (no heartbeat
-for GRACE_SECONDS) is marked failed and its configuration retried. `n_trials` counts
-finished trials (complete or pruned) over the whole study, across restarts and workers.
+again continues the study: finished trials stay, a trial whose worker died (its process gone
+from this machine, or no heartbeat for GRACE_SECONDS from another) is marked failed and its
+configuration retried, and Ctrl-C or SIGTERM stops cleanly with the interrupted trial queued
+first. `n_trials` counts finished trials (complete or pruned) over the whole study, across
+restarts and workers; failed trials do not count, and `budget.max_consecutive_failures` in a
+row end the study as broken.
 """
 
 from __future__ import annotations
@@ -131,7 +134,9 @@ def make_sampler(space: LoadedSpace, worker: int = 0, trials_so_far: int = 0):
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=s.seed, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; chosen knowingly in the space file
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=s.seed, warn_independent_sampling=False)
     if s.sampler == "grid":
         return optuna.samplers.GridSampler({k: p.choices for k, p in s.params.items()}, seed=s.seed)
     if s.sampler == "nsga2":
