@@ -30,9 +30,9 @@ SPLIT_KEYS = ("data.validation_size", "data.seed")
 # --- runs --------------------------------------------------------------------------------------
 
 
-def worker_id() -> str:
-    """host:pid of this process: written on every trial and confirmation run it starts."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_id(pid: int | None = None) -> str:
+    """host:pid of this process (or of its child `pid`): written on every trial and confirmation run it starts."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def worker_is_dead(worker: str | None) -> bool:
@@ -70,6 +70,17 @@ def end_dead_runs(client, study_name: str, parent_run_id: str) -> int:
     if held and worker_is_dead(held.rsplit("@", 1)[0]):
         client.delete_tag(parent_run_id, LOCK_TAG)
     return ended
+
+
+def end_interrupted(client, study_name: str, parent_run_id: str, workers: set[str]) -> None:
+    """After Ctrl-C or SIGTERM: the study's runs these workers left unfinished (RUNNING, or FAILED by
+    MLflow on the way out) and the study's own run end KILLED, saying so."""
+    for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status != 'FINISHED' "
+                                  "and attributes.status != 'KILLED'", max_results=1000):
+        if run.data.tags.get("worker") in workers:
+            end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM); it runs again on resume")
+    client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
+    client.set_terminated(parent_run_id, status="KILLED")
 
 
 def end_killed(client, run_id: str, reason: str) -> None:

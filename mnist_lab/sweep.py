@@ -242,24 +242,34 @@ def retry(study, trial, max_retry: int | None, reason: str) -> None:
         studies.end_killed(MlflowClient(), run_id, reason)
 
 
+def fail_running(study, t, **user_attrs):
+    """Mark a RUNNING trial FAIL (with `user_attrs` first); None if another process finished it first."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        for key, value in user_attrs.items():
+            study._storage.set_trial_user_attr(t._trial_id, key, value)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except (UpdateFinishedTrialError, RuntimeError):
+        return None
+    return study._storage.get_trial(t._trial_id)
+
+
 def reap_dead_trials(study) -> None:
     """Trials whose worker on this machine is gone are failed and retried now, not after the grace period."""
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if studies.worker_is_dead(t.user_attrs.get("worker")):
-            try:
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except (UpdateFinishedTrialError, RuntimeError):
-                continue  # another worker reaped it first
-            _on_dead_trial(study, study._storage.get_trial(t._trial_id))
+            failed = fail_running(study, t)
+            if failed is not None:  # else another worker reaped it first
+                _on_dead_trial(study, failed)
 
 
 def settle_interrupted(study, workers: set[str]) -> list[int]:
     """After Ctrl-C: the trials `workers` were running are failed (if they did not stop in time),
     queued again at the front, and their MLflow runs ended KILLED; returns their numbers."""
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     settled = []
@@ -267,12 +277,7 @@ def settle_interrupted(study, workers: set[str]) -> list[int]:
         if t.user_attrs.get("worker") not in workers or t.user_attrs.get("surplus"):
             continue
         if t.state == TrialState.RUNNING:
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except (UpdateFinishedTrialError, RuntimeError):
-                pass
-            t = study._storage.get_trial(t._trial_id)
+            t = fail_running(study, t, interrupted=True) or study._storage.get_trial(t._trial_id)
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
             settled.append(t.number)
@@ -612,15 +617,8 @@ def _interrupted(study, study_name: str, storage_url: str, parent_run_id: str, w
             p.join(5)
     study = type(study)(study_name=study_name, storage=make_storage(storage_url))
     settled = settle_interrupted(study, workers)
-    client = MlflowClient()
-    studies.end_dead_runs(client, study_name, parent_run_id)
-    # A confirmation seed cut short: MLflow ended it FAILED on the way out, or it is still RUNNING.
-    for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = 'confirm' "
-                                  "and attributes.status != 'FINISHED' and attributes.status != 'KILLED'"):
-        if run.data.tags.get("worker") in workers:
-            studies.end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM); confirmation resumes on rerun")
-    client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
-    client.set_terminated(parent_run_id, status="KILLED")
+    # A confirmation seed cut short, or a trial run the retry above did not reach, ends KILLED too.
+    studies.end_interrupted(MlflowClient(), study_name, parent_run_id, workers)
     which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""
     return Interrupted(f"stopped cleanly; {which}resume with: {tracking.command_line()}")
 
@@ -669,7 +667,7 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
             for p in procs:
                 p.start()
                 _workers_started.append(p)
-                workers.add(f"{studies.worker_id().rpartition(':')[0]}:{p.pid}")
+                workers.add(studies.worker_id(p.pid))
             while any(p.is_alive() for p in procs):
                 for p in procs:
                     p.join(1)

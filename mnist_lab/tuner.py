@@ -133,12 +133,7 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
                       f"budget.max_consecutive_failures (the last: {str(e).splitlines()[-1][:200]}); fix the space and run again")
     except KeyboardInterrupt:
         # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
-        for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status != 'FINISHED' "
-                                      "and attributes.status != 'KILLED'"):
-            if run.data.tags.get("worker") == studies.worker_id():
-                studies.end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM)")
-        client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
-        client.set_terminated(parent_run_id, status="KILLED")
+        studies.end_interrupted(client, study_name, parent_run_id, {studies.worker_id()})
         raise Interrupted(f"stopped cleanly; resume with: {tracking.command_line()}") from None
     for line in printed:
         print(line)
