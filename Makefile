@@ -14,7 +14,7 @@ SEEDS ?= 3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep report confirm test test-all bench ui clean
+.PHONY: help setup train sweep report confirm test test-all bench ui dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,9 +49,12 @@ test-all: setup ## every test, the slow ones too
 bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~55 min; nothing else running)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
-ui: setup ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
-	@mkdir -p mlruns
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+ui: setup ## the MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI or mlruns/, with a link to the latest study
+	$(BIN)/mnist-lab ui $(ARGS)
+
+dashboard: setup ## Optuna Dashboard on http://127.0.0.1:8080 over mlruns/optuna.db (installs the optional extra)
+	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dashboard]"
+	$(BIN)/mnist-lab dashboard $(ARGS)
 
 clean: ## remove .venv (not mlruns/ or reports/: they hold your results)
 	rm -rf $(VENV) *.egg-info

@@ -119,6 +119,51 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mnist_lab import tracking
+
+    experiment_id = tracking.setup()  # also checks the store, and creates mlruns/ on a fresh clone
+    from mlflow import MlflowClient
+
+    latest = MlflowClient().search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+    study = latest[0].data.tags["study"] if latest else None
+    opens_on = f"the runs of study {study}" if study else "the experiment's runs (no study yet)"
+    uri = tracking.current_uri()
+    if tracking.ui_url() != tracking.UI_URL:  # a tracking server: it serves its own UI
+        print(f"{tracking.redact(uri)} is a tracking server with its own UI; {opens_on}:\n  "
+              f"{tracking.runs_link(experiment_id, study)}")
+        return 0
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI over {tracking.redact(uri)} on {base} (Ctrl-C stops it); {opens_on}:\n  "
+          f"{tracking.runs_link(experiment_id, study, base)}", flush=True)
+    # Starlette's deprecation notices from MLflow's server code are not for the person reading the UI.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
+    # Two workers, not MLflow's four: one person's browser, and each worker takes seconds to start on 2 cores.
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                              "--host", args.host, "--port", str(args.port), "--workers", "2"])
+    return 0  # not reached: execv replaces this process
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    storage = args.storage or f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise MnistLabError(f"{storage.removeprefix('sqlite:///')}: no Optuna storage there yet; run `make sweep` first, "
+                            "or pass --storage URL")
+    program = shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if program is None:
+        raise MnistLabError("optuna-dashboard is not installed: `make dashboard` installs it, "
+                            "or pip install 'mnist-lab[dashboard]'")
+    from mnist_lab import tracking
+
+    print(f"Optuna Dashboard over {tracking.redact(storage)} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(program, [program, storage, "--host", args.host, "--port", str(args.port)])
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-lab", description="Train, sweep, compare and use CNNs on MNIST, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,6 +217,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="training seeds per configuration (default 3)")
     _add_data_dir(p)
     p.set_defaults(func=cmd_confirm)
+
+    p = sub.add_parser("ui", help="the MLflow UI over the store in use, opened on the latest study", description=(
+        "Serve MLflow's UI over MLFLOW_TRACKING_URI (default: mlruns/) and print a link to the latest study's runs. "
+        "With a tracking server in MLFLOW_TRACKING_URI, print the link into its UI instead."))
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000, MLflow's own)")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="Optuna Dashboard over the studies' Optuna storage (optional extra)", description=(
+        "Serve Optuna Dashboard (pip install 'mnist-lab[dashboard]'; `make dashboard` does) over the Optuna storage."))
+    p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///mlruns/optuna.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080, Optuna Dashboard's own)")
+    p.set_defaults(func=cmd_dashboard)
     return ap
 
 

@@ -41,7 +41,7 @@ def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = Non
             seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
             result = train(
                 seeded, data_dir=data_dir, evaluate_test=True, parent_run_id=study.parent.info.run_id,
-                run_name=f"{name}-confirm-{rank}-seed{seed}",
+                run_name=f"confirm · trial {int(source.trial)} · seed {seed}",
                 tags={"mnist_lab.kind": "confirm", "study": name, "config_rank": str(rank),
                       "source_trial": str(int(source.trial)), "source_run_id": source.run_id},
                 log_model=False,

@@ -23,6 +23,8 @@ from sklearn.model_selection import train_test_split
 
 from mnist_lab.config import DataConfig, MnistLabError
 
+# Where keras.datasets.mnist downloads from when no folder is given.
+DOWNLOAD_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 # SHA-256 of the decompressed files of the original distribution (same as SHA256SUMS.raw
 # beside the data): gzip can produce different bytes for the same content, so check these.
 FILES = {

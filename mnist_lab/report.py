@@ -659,4 +659,9 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
     if parent is not None:
         for p in paths.values():
             client.log_artifact(parent.info.run_id, str(p), artifact_path="report")
+        # The study's description (MLflow's UI) says where the report now is.
+        note = client.get_run(parent.info.run_id).data.tags.get(tracking.DESCRIPTION_TAG, "")
+        line = f"- report: {paths['html'].resolve()} (also logged here, under report/index.html)"
+        kept = [x for x in note.splitlines() if not x.startswith("- report:")]
+        client.set_tag(parent.info.run_id, tracking.DESCRIPTION_TAG, "\n".join([*kept, line]).strip())
     return paths

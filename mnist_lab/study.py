@@ -134,7 +134,7 @@ def record_impossible(client, parent_run_id: str, tags: dict, values: dict, reas
     run = client.create_run(
         tracking.setup(),
         tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
-        run_name=f"{tags['study']}-trial-{tags['trial_number']}",
+        run_name=f"{tags['study']}-trial-{tags['trial_number']}-failed",
     )
     for key, value in values.items():
         client.log_param(run.info.run_id, key, value)
@@ -361,8 +361,6 @@ def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[
 
 def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline_run_id, top, seeds,
                        data_dir, deadline, on_result) -> Verdict:
-    import mlflow
-
     runs = [client.get_run(r) for r in [r for r in ranked_run_ids if r != baseline_run_id][:top]]
     candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
     incumbents: list[Contender] = []
@@ -389,11 +387,53 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
     verdict = Verdict(promoted, reason, best, everyone, p_values)
     client.set_tag(parent_run_id, "confirmation", reason[:5000])
     if promoted:
-        source = tracking.model_uri(best.source_run_id)
-        registered = mlflow.register_model(source, tracking.MODEL_NAME)
-        client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, registered.version)
-        verdict.model_version = registered.version
+        verdict.model_version = register_champion(client, study_name, best, verdict)
     return verdict
+
+
+def register_champion(client, study_name: str, best: Contender, verdict: Verdict) -> str:
+    """A new version of mnist-cnn, aliased @champion: the alias is the one record of who is champion
+    (no champion tags on runs to go stale); the version says where it came from and why."""
+    import mlflow
+
+    run = client.get_run(best.source_run_id)
+    seeds = ", ".join(f"{v:.4f}" for v in best.values)
+    tags = {"study": study_name, "trial": best.label.removeprefix("trial "), "source_run_id": best.source_run_id,
+            "data_digest": best.split[0] or "", "validation_size": str(best.split[1]), "data.seed": str(best.split[2]),
+            "val_accuracy_seed_mean": f"{best.mean:.4f}", "val_accuracy_seeds": seeds,
+            **{f"p_vs_{label.split(' (')[0].replace(' ', '_')}": f"{p:.3g}" for label, p in verdict.p_values.items()}}
+    registered = mlflow.register_model(tracking.model_uri(best.source_run_id), tracking.MODEL_NAME, tags=tags)
+    client.update_model_version(
+        tracking.MODEL_NAME, registered.version,
+        description=(f"{best.label} of study {study_name} (run {best.source_run_id}, "
+                     f"{run.data.params.get('param_count', '?')} parameters): validation accuracy {best.mean:.4f} "
+                     f"mean over {len(best.values)} training seeds ({seeds}). {verdict.reason}."),
+    )
+    if not client.get_registered_model(tracking.MODEL_NAME).description:
+        client.update_registered_model(tracking.MODEL_NAME, description=(
+            "MNIST digit classifiers crowned by mnist-lab sweeps. The @champion alias is the one confirmed over "
+            "training seeds against the baseline and the previous champion; `mnist-lab predict` uses it."))
+    client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, registered.version)
+    return registered.version
+
+
+def describe_study(client, parent_run_id: str, study_name: str, summary: dict, report: str | None = None) -> None:
+    """The study run's description in MLflow's UI: trials by state, best trial, verdict, where the report is."""
+    verdict = summary.get("verdict")
+    lines = [f"**Study {study_name}**", "", f"- trials: {summary.get('trials', '?')}",
+             f"- {summary.get('stopped') or summary.get('failed') or 'not finished'}"]
+    if summary.get("best_line"):
+        lines.append(f"- best trial by the search: {summary['best_line']}")
+    if verdict is not None:
+        lines.append(f"- confirmation over seeds: {verdict.reason}")
+        if verdict.model_version:
+            lines.append(f"- champion: {tracking.MODEL_NAME} version {verdict.model_version}")
+    if summary.get("test"):
+        lines.append(f"- the one test-set evaluation: test_accuracy {summary['test']['test_accuracy']:.4f} "
+                     f"(run {summary['test']['run_id']})")
+    lines.append(f"- report: {report or f'`mnist-lab report --study {study_name}` writes reports/{study_name}/index.html'}"
+                 " (also logged here, under report/)")
+    client.set_tag(parent_run_id, tracking.DESCRIPTION_TAG, "\n".join(lines))
 
 
 def describe(verdict: Verdict) -> list[str]:

@@ -183,6 +183,8 @@ def open_study(space: LoadedSpace, study_name: str, storage_url: str, worker: in
         study = optuna.create_study(
             study_name=study_name, storage=storage, sampler=make_sampler(space, worker), pruner=make_pruner(space), directions=directions
         )
+        # Optuna Dashboard shows these instead of "Objective 0".
+        study.set_metric_names([o.metric for o in space.space.objective])
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(space))
@@ -526,6 +528,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
                 client.set_tag(watcher.run_id, "state", "FAIL")
+                client.update_run(watcher.run_id, name=f"{study_name}-trial-{trial.number}-failed")
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -535,6 +538,8 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             client.set_tag(result.run_id, "state", "PRUNED")
             client.set_tag(result.run_id, "pruned_at_images", str(watcher.pruned_at))
             client.set_tag(result.run_id, "pruned_at_epoch", f"{watcher.pruned_at / config.data.train_count():.2f}")
+            # MLflow has no "pruned" status and its run ended normally: the name tells it apart in the UI.
+            client.update_run(result.run_id, name=f"{study_name}-trial-{trial.number}-pruned")
             raise optuna.TrialPruned(f"pruned after {watcher.pruned_at:,} training images")
         scores = [studies.objective_value(result, o.metric) for o in objectives]
         client.set_tag(result.run_id, "state", "COMPLETE")
@@ -679,7 +684,8 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
     c = count(study)
     client = MlflowClient()
     client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills")
-    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": tracking.redact(storage_url)}
+    summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": tracking.redact(storage_url),
+               "trials": f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills"}
     out_of_time = end is not None and not search_time_left(study, space, end)
     in_a_row = failures_in_a_row(study)
     done = c.finished >= budget.n_trials or out_of_time
@@ -703,8 +709,11 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
     best = best_trial(study, space)
     if best is not None:
         client.set_tag(parent_run_id, "best_trial", str(best.number))
-        client.log_metric(parent_run_id, f"best_{space.space.objective[0].metric}", best.values[0])
+        # Not best_val_accuracy: that is each trial's own metric, and the study's value would be
+        # charted as one more bar among the trials.
+        client.log_metric(parent_run_id, f"study_best_{space.space.objective[0].metric}", best.values[0])
         summary["best"] = best
+        summary["best_line"] = f"trial {best.number}: {space.space.objective[0].metric} {best.values[0]:.4f}"
     # An unfinished study (stopped by failures, not by its budget or time) crowns nothing.
     if best is not None and done:
         summary["verdict"] = confirm_stage(study, space, study_name, parent_run_id, request.data_dir, end)
@@ -712,6 +721,7 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
         if not verdict.deferred:
             run_id = verdict.best.source_run_id if verdict.promoted else best.user_attrs["mlflow_run_id"]
             summary["test"] = studies.evaluate_once(run_id, request.data_dir)
+    studies.describe_study(client, parent_run_id, study_name, summary)
     client.set_terminated(parent_run_id, status="FINISHED" if done else "FAILED")
     print_top(study, space)
     return summary

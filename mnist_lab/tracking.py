@@ -25,6 +25,10 @@ from mnist_lab.config import MnistLabError
 DEFAULT_EXPERIMENT = "mnist-lab"
 MODEL_NAME = "mnist-cnn"  # the registered model; its alias `champion` is what predict uses
 CHAMPION_ALIAS = "champion"
+UI_URL = "http://127.0.0.1:5000"  # where `mnist-lab ui` serves a local store: MLflow's own default
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), not on its runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 
 
 def default_store() -> tuple[str, str]:
@@ -122,18 +126,40 @@ def setup(experiment: str | None = None) -> str:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
             except MlflowException:
                 # Another worker created it between our look-up and create: use theirs.
                 experiment_id = mlflow.get_experiment_by_name(name).experiment_id
         else:
             experiment_id = found.experiment_id
+            if not found.tags.get("mlflow.experimentKind"):  # made by an older mnist-lab, or by hand
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
     except MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistLabError(f"tracking store {redact(uri)}: {redact(first)[:200]}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
     _experiments[uri, name] = experiment_id
     return experiment_id
+
+
+def ui_url() -> str:
+    """The MLflow UI that shows the store in use: the tracking server itself, or `mnist-lab ui`'s."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return redact(uri.rstrip("/")) if uri.startswith(("http://", "https://")) else UI_URL
+
+
+def runs_link(experiment_id: str, study: str | None = None, base: str | None = None) -> str:
+    """A link that opens the experiment's runs table in the model-training view, filtered to `study`."""
+    from urllib.parse import urlencode
+
+    query = {"workflowType": "machine_learning"}
+    if study:
+        query["searchFilter"] = f"tags.study = '{study}'"
+    return f"{base or ui_url()}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def run_link(experiment_id: str, run_id: str, base: str | None = None) -> str:
+    return f"{base or ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def create_sqlite_atomically(uri: str, init) -> None:

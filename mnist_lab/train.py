@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import math
@@ -228,6 +229,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
     resumed = {"initial_epoch": initial_epoch} if initial_epoch else {}
     mlflow.log_params(config.flat() | {"param_count": model.count_params(), "train_images": len(x_train),
                                        "validation_images": len(x_val)} | resumed)
+    _log_datasets(config, split, data_dir)
     logger = MlflowEpochLogger(len(x_train))
     fit_callbacks = [logger, keras.callbacks.TerminateOnNaN(), *callbacks]
     if config.train.early_stopping_patience is not None:
@@ -298,6 +300,25 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         model.save(save)
         mlflow.set_tag("saved_to", str(save.resolve()))
     return result
+
+
+def _log_datasets(config: Config, split: data.Split, data_dir: str | Path | None) -> None:
+    """MLflow's Dataset column: which images trained and validated the run. The digests name the
+    MNIST content and the split settings, so runs with equal digests saw the same images."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folder = data.data_dir(data_dir)
+    with warnings.catch_warnings():  # a local path matches MLflow's local source twice; either is right
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(folder) if folder else data.DOWNLOAD_URL)
+    d = config.data
+    for context, settings, images in (("training", (d.validation_size, d.seed, d.train_size), len(split.y_train)),
+                                      ("validation", (d.validation_size, d.seed), len(split.y_val))):
+        digest = hashlib.sha256(repr((split.digest, context, settings)).encode()).hexdigest()[:8]
+        mlflow.log_input(MetaDataset(source, name=f"mnist-{context}-{images}", digest=digest), context=context)
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:

@@ -148,15 +148,18 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     stopped = failed_out or f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
     print(stopped, flush=True)
     client.set_tag(parent_run_id, "stopped", stopped)
-    summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner", "trials": len(runs)}
+    summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner",
+                               "trials": f"{len(runs)} complete, {len(failed)} failed", "stopped": stopped}
     if failed_out:  # an unfinished study crowns nothing
         summary["failed"] = failed_out
+        studies.describe_study(client, parent_run_id, study_name, summary)
         client.set_terminated(parent_run_id, status="FAILED")
         return summary
     if runs:
         best = runs[0]
         client.set_tag(parent_run_id, "best_trial", best.data.tags["trial_number"])
-        client.log_metric(parent_run_id, f"best_{objective.metric}", best.data.metrics[objective.metric])
+        client.log_metric(parent_run_id, f"study_best_{objective.metric}", best.data.metrics[objective.metric])
+        summary["best_line"] = f"trial {best.data.tags['trial_number']}: {objective.metric} {best.data.metrics[objective.metric]:.4f}"
         confirm = s.confirm
         verdict = studies.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], None, confirm.top,
                                             confirm.seeds, request.data_dir)
@@ -166,5 +169,6 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
         if not verdict.deferred:
             summary["test"] = studies.evaluate_once(verdict.best.source_run_id if verdict.promoted else best.info.run_id,
                                                     request.data_dir)
+    studies.describe_study(client, parent_run_id, study_name, summary)
     client.set_terminated(parent_run_id, status="FINISHED")
     return summary

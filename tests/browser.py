@@ -1,12 +1,23 @@
 """Open a page in the system's headless Chromium (Debian's package) through Playwright.
 
     python tests/browser.py reports/sweep/index.html docs/report.png [SECTION_ID]   # a screenshot
+
+Also: `serve` starts a server command (mnist-lab ui, mnist-lab dashboard) in its own process
+group and stops all of it (uvicorn's workers outlive a killed parent), and `mlflow_runs_page`
+opens MLflow's UI on a link as a person would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 # Without the background-networking flags Chromium keeps trying to reach Google's hosts,
@@ -40,6 +51,61 @@ def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, 
             if screenshot:
                 page.screenshot(path=str(screenshot), full_page=False)
             return info
+        finally:
+            browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(command: list[str], ready_url: str, timeout: float = 120, env: dict | None = None):
+    """Run a server until the block ends; yields (process, its first stdout lines so far)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=env)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"{command} exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                urllib.request.urlopen(ready_url, timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise AssertionError(f"{ready_url} not up after {timeout} s") from None
+                time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: workers whose parent is gone too
+        proc.wait()
+
+
+def mlflow_runs_page(link: str, study: str, width: int = 1366, height: int = 768, screenshot: Path | None = None) -> str:
+    """Open MLflow's UI at `link`, wait for the study's run, expand it; the page's text."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(link, wait_until="load")
+            page.wait_for_selector(f"[role=row] >> text={study}", timeout=60_000)
+            page.locator("[role=row]", has_text=study).first.locator("button").first.click()  # the + before its name
+            page.wait_for_selector(f"text={study}-trial-", timeout=30_000)
+            if screenshot:
+                page.screenshot(path=str(screenshot))
+            return page.inner_text("body")
         finally:
             browser.close()
 

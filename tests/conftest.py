@@ -44,10 +44,7 @@ def bare_store(tmp_path, monkeypatch, mnist_dir) -> Path:
     """Run in an empty folder: the default store sqlite:///mlruns/mlflow.db is created there."""
     import mlflow
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.setenv("CI", "true")
+    _use_store(monkeypatch, tmp_path)
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
@@ -60,6 +57,44 @@ def store(bare_store, empty_mlflow_db) -> Path:
     (bare_store / "mlruns").mkdir()
     shutil.copy(empty_mlflow_db, bare_store / "mlruns" / "mlflow.db")
     return bare_store
+
+
+SMOKE = str(REPO / "experiments" / "smoke.yaml")
+
+
+def _use_store(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    mp.chdir(folder)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mp.setenv("CI", "true")
+
+
+@pytest.fixture(scope="session")
+def smoke_studies(tmp_path_factory, empty_mlflow_db, mnist_dir) -> Path:
+    """experiments/smoke.yaml swept by both engines under their default study names (smoke-optuna,
+    then smoke-keras-tuner) in one store, once per session: the tests that read two finished
+    studies share it (they add confirmations and reports to it, never remove anything)."""
+    import mlflow
+
+    from mnist_lab.cli import main
+
+    folder = tmp_path_factory.mktemp("smoke-studies")
+    (folder / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, folder / "mlruns" / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        _use_store(mp, folder)
+        assert main(["sweep", SMOKE]) == 0
+        assert main(["sweep", SMOKE, "--engine", "keras-tuner"]) == 0
+        while mlflow.active_run():
+            mlflow.end_run()
+    return folder
+
+
+@pytest.fixture
+def in_smoke_studies(smoke_studies, monkeypatch) -> Path:
+    """Run in the folder of `smoke_studies`: its mlruns/ is the default store."""
+    _use_store(monkeypatch, smoke_studies)
+    return smoke_studies
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The report, on real runs: a real sweep, real confirmations, real overfitting, checked in Chromium."""
 
+import json
+
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -9,7 +11,7 @@ from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
 
-from browser import chromium, inspect_page
+from browser import chromium, free_port, inspect_page, mlflow_runs_page, serve
 from conftest import REPO
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -43,9 +45,8 @@ def test_fit_checks_rules():
     assert report.fit_checks(one_bump)["overfit_from"] is None
 
 
-def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
-    assert main(["sweep", SMOKE]) == 0
-    assert main(["sweep", SMOKE, "--study", "smoke-tpe", "--engine", "keras-tuner"]) == 0
+def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypatch, capsys, mnist_dir):
+    store = in_smoke_studies  # smoke-optuna, then smoke-keras-tuner, both finished
     assert main(["confirm", "--study", "smoke-optuna", "--top", "2", "--seeds", "2"]) == 0
     assert main(["confirm", "--study", "smoke-optuna", "--top", "2", "--seeds", "2"]) == 0  # resumable: nothing redone
     capsys.readouterr()
@@ -81,11 +82,66 @@ def test_sweep_confirm_report_end_to_end_in_chromium(store, tmp_path, capsys):
     assert len(page["images"]) >= 4 and all(i["loaded"] for i in page["images"]), page["images"]
     assert not page["overflowing"]  # reads on a laptop screen without sideways scrolling
 
+    # MLflow as a team member sees it (the report is logged and described on the study's run).
+    parent = client.get_run(parent.info.run_id)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "trials: 3 complete, 0 pruned, 0 failed" in note and "confirmation over seeds: " in note
+    assert f"report: {out.resolve() / 'index.html'}" in note
+    assert "study_best_val_accuracy" in parent.data.metrics and "best_val_accuracy" not in parent.data.metrics
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    trials = client.search_runs([experiment_id], "tags.study = 'smoke-optuna' and tags.`mnist_lab.kind` = 'trial'")
+    digests = set()
+    for run in trials + confirms:
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}  # MLflow's Dataset column
+        assert set(inputs) == {"training", "validation"} and inputs["training"].name == "mnist-training-1000"
+        assert inputs["training"].source == f'{{"uri": "{mnist_dir}"}}'
+        digests.add((inputs["training"].digest, inputs["validation"].digest))
+    assert len(digests) == 1 and len(set(*digests)) == 2  # the same images in every run; training is not validation
+    assert all(r.info.run_name.startswith("confirm · trial ") for r in confirms)
+    assert not [r for r in client.search_runs([experiment_id], "tags.champion = 'true'")]  # the alias is the one record
+    version = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert version.tags["study"] in ("smoke-optuna", "smoke-keras-tuner") and version.tags["data_digest"].startswith("sha256:")
+    assert "validation accuracy" in version.description and "training seeds" in version.description
+
+    # `make ui` opens on the latest study's runs in the model-training view, not on GenAI traces.
+    port = free_port()
+    with serve([str(REPO / ".venv" / "bin" / "mnist-lab"), "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health") as ui:
+        said = [ui.stdout.readline() for _ in range(2)]
+        assert said[0].startswith(f"MLflow UI over sqlite:///{store / 'mlruns' / 'mlflow.db'} on http://127.0.0.1:{port}")
+        link = said[1].strip()
+        assert "workflowType=machine_learning" in link and "smoke-keras-tuner" in link  # the latest study
+        text = mlflow_runs_page(link, "smoke-keras-tuner")
+        assert "smoke-keras-tuner-trial-0" in text and "smoke-optuna-trial" not in text  # filtered to the study
+        # With a tracking server in MLFLOW_TRACKING_URI it serves nothing itself: it links into that server's UI.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        capsys.readouterr()
+        assert main(["ui"]) == 0
+        assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?" in capsys.readouterr().out
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    # Optuna Dashboard (its own app, in this process) names the objective instead of "Objective 0".
+    from optuna_dashboard import wsgi
+
+    app = wsgi(f"sqlite:///{store / 'mlruns' / 'optuna.db'}")
+    studies = json.loads(call_wsgi(app, "/api/studies"))["study_summaries"]
+    one = json.loads(call_wsgi(app, f"/api/studies/{studies[0]['study_id']}"))
+    assert one["name"] == "smoke-optuna" and one["objective_names"] == ["val_accuracy"]
+
     # Two studies side by side (Optuna against KerasTuner): the comparison section appears.
-    assert main(["report", "--study", "smoke-optuna", "--study", "smoke-tpe"]) == 0
-    both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-tpe" / "index.html")
+    assert main(["report", "--study", "smoke-optuna", "--study", "smoke-keras-tuner"]) == 0
+    both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-keras-tuner" / "index.html")
     assert "comparison" in both["sections"] and all(i["loaded"] for i in both["images"])
     assert any(i["alt"] == "best so far against compute" for i in both["images"])
+
+
+def call_wsgi(app, path: str) -> bytes:
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status)
+    return body
 
 
 def test_report_errors_are_one_line(store, capsys):
@@ -94,3 +150,5 @@ def test_report_errors_are_one_line(store, capsys):
     assert main(["report", "--runs", "0123456789abcdef0123456789abcdef"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "make sweep" in err[0] and "no such study" in err[1] and "no such run" in err[2]
+    assert main(["dashboard"]) == 2  # no study yet: nothing to show
+    assert "no Optuna storage there yet; run `make sweep` first" in capsys.readouterr().err

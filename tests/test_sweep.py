@@ -150,6 +150,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
             continue
         run = runs[str(t.number)]
         assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
+        assert run.info.run_name == f"risky-optuna-trial-{t.number}-failed"  # told apart in MLflow's run list
         assert run.data.tags["failure_reason"][:500] == t.user_attrs["fail_reason"]
         if t.params["model.conv_blocks.1.kernel_size"] == 15:
             assert "larger than the 12x12 feature map" in t.user_attrs["fail_reason"]
@@ -161,10 +162,10 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
     assert runs_of("risky-optuna", "study")[0].data.tags["trials"].endswith(f"{len(study.trials) - 2} failed, 0 lost to kills")
 
 
-def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(store, monkeypatch, capsys):
+def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_smoke_studies, monkeypatch, capsys):
     # The same space, both engines, default study names: two studies that never mix.
-    assert main(["sweep", SMOKE]) == 0
-    assert main(["sweep", SMOKE, "--engine", "keras-tuner"]) == 0
+    store = in_smoke_studies
+    tracking.setup()  # before MlflowClient(), which binds to the store set at that moment
     client = MlflowClient()
 
     def shape(study):
@@ -241,6 +242,7 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
     assert min(hopeless.intermediate_values) < 2000  # it was stopped inside its first epoch
     run = MlflowClient().get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and int(run.data.tags["pruned_at_images"]) < 2000
+    assert run.info.run_name == f"hopeless-optuna-trial-{hopeless.number}-pruned"
     # the pruned trial keeps its partial curve: the interrupted epoch is logged; its config too,
     # but no plots and no model of a fraction of a run
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]
