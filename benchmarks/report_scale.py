@@ -11,6 +11,7 @@ analysis, figures, HTML) several times and prints the median. Not a test: it ass
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (make bench reads it)")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from mnist_lab import report, tracking
@@ -88,7 +90,9 @@ def main() -> None:
         size = Path(paths["html"]).stat().st_size / 1e6
         print(f"report over {args.runs} runs x {args.epochs} epochs: median {statistics.median(times):.1f} s "
               f"(each: {', '.join(f'{t:.1f}' for t in times)}; index.html {size:.1f} MB) on {tracking.cpu_model()}, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores", flush=True)
+        if args.json:
+            print(json.dumps({"runs": args.runs, "epochs": args.epochs, "seconds": times}))
 
 
 if __name__ == "__main__":

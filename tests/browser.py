@@ -46,11 +46,42 @@ def inspect_page(path: Path, screenshot: Path | None = None, width: int = 1280, 
                     images: Array.from(document.images).map(i => ({alt: i.alt, loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth})),
                     title: document.title,
                     overflowing: document.documentElement.scrollWidth > window.innerWidth + 1,
+                    // cards whose content is cut off or needs a sideways scroll
+                    clipped: Array.from(document.querySelectorAll('.card')).filter(c => c.scrollWidth > c.clientWidth + 1)
+                        .map(c => (c.querySelector('h3') || c).textContent.trim().slice(0, 60)),
+                    run_links: Array.from(document.querySelectorAll('a[href*="/runs/"]')).map(a => a.href),
+                    text: document.body.innerText,
                 })"""
             )
             if screenshot:
                 page.screenshot(path=str(screenshot), full_page=False)
             return info
+        finally:
+            browser.close()
+
+
+def toc_in_sandbox(path: Path, anchor: str, width: int = 1366, height: int = 768) -> dict:
+    """Open the page the way MLflow's artifact viewer does (a blob: URL in an iframe sandboxed to
+    allow-scripts) and follow its table-of-contents link to `anchor`: where does the section land?"""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.set_content(f'<iframe id="viewer" sandbox="allow-scripts" style="width:{width - 40}px;height:{height - 40}px"></iframe>')
+            page.evaluate("html => { document.getElementById('viewer').src = URL.createObjectURL(new Blob([html], {type: 'text/html'})); }",
+                          Path(path).read_text())
+            page.wait_for_function("() => window.frames.length && document.getElementById('viewer').src")
+            frame = page.frame_locator("#viewer")
+            section = frame.locator(f"#{anchor}")
+            before = section.evaluate("e => e.getBoundingClientRect().top")
+            frame.locator(f"nav a[href='#{anchor}']").click()
+            page.wait_for_timeout(500)
+            return {"before": before, "top": section.evaluate("e => e.getBoundingClientRect().top"),
+                    "view": height - 40, "errors": errors}
         finally:
             browser.close()
 

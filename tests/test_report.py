@@ -11,7 +11,7 @@ from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
 
-from browser import chromium, free_port, inspect_page, mlflow_runs_page, serve
+from browser import chromium, free_port, inspect_page, mlflow_runs_page, serve, toc_in_sandbox
 from conftest import REPO
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -62,6 +62,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     experiment_id = tracking.setup()
     client = MlflowClient()
     confirms = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm' and tags.study = 'smoke-optuna'")
+    trials = client.search_runs([experiment_id], "tags.study = 'smoke-optuna' and tags.`mnist_lab.kind` = 'trial'")
     # seed 1 of the best trial from the sweep's own confirmation (validation only), then seed 2 of it
     # and seeds 1-2 of the second from `mnist-lab confirm` (with their test evaluations)
     assert len(confirms) == 4 and sum("test_accuracy" in r.data.metrics for r in confirms) == 3
@@ -77,10 +78,19 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
 
     if not chromium():
         pytest.fail("Chromium is not installed: apt-get install chromium (.ci/run does)")
-    page = inspect_page(out / "index.html")
+    page = inspect_page(out / "index.html", width=1366)
     assert page["sections"] == ["summary", "leaderboard", "curves", "overfitting", "effects", "confirmation"]
-    assert len(page["images"]) >= 4 and all(i["loaded"] for i in page["images"]), page["images"]
-    assert not page["overflowing"]  # reads on a laptop screen without sideways scrolling
+    assert len(page["images"]) >= 5 and all(i["loaded"] for i in page["images"]), page["images"]
+    assert any(i["alt"] == "optimisation history" for i in page["images"])
+    assert not page["overflowing"] and not page["clipped"]  # a laptop screen shows every column
+    # every trial on the leaderboard opens its run in MLflow's UI
+    assert sorted(link.rsplit("/", 1)[1] for link in page["run_links"]) == sorted(r.info.run_id for r in trials)
+    assert all(link.startswith(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/") for link in page["run_links"])
+    # one-epoch runs cannot show overfitting: said so, not passed in green
+    assert "Not judged: 3 of 3 runs are too short to tell" in page["text"] and "runs overfit" not in page["text"]
+    # the table of contents works where MLflow shows the report (a sandboxed blob: iframe)
+    toc = toc_in_sandbox(out / "index.html", "effects")
+    assert toc["before"] > toc["view"] and abs(toc["top"]) < 2 and not toc["errors"], toc
 
     # MLflow as a team member sees it (the report is logged and described on the study's run).
     parent = client.get_run(parent.info.run_id)
@@ -89,7 +99,6 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     assert f"report: {out.resolve() / 'index.html'}" in note
     assert "study_best_val_accuracy" in parent.data.metrics and "best_val_accuracy" not in parent.data.metrics
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    trials = client.search_runs([experiment_id], "tags.study = 'smoke-optuna' and tags.`mnist_lab.kind` = 'trial'")
     digests = set()
     for run in trials + confirms:
         inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}  # MLflow's Dataset column
@@ -131,6 +140,26 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-keras-tuner" / "index.html")
     assert "comparison" in both["sections"] and all(i["loaded"] for i in both["images"])
     assert any(i["alt"] == "best so far against compute" for i in both["images"])
+
+
+def test_values_and_ranges_are_shown_as_they_are():
+    from mnist_lab.space import Space
+
+    space = Space.model_validate({"params": {"train.learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
+                                             "model.dropout": {"low": 0.0, "high": 0.5},
+                                             "train.batch_size": {"choices": [32, 64, 128]}}})
+    p = space.params
+    # 3 significant figures: two learning rates never print alike; whole numbers stay whole
+    assert [report.value_text(v) for v in (1.12e-4, 1.21e-4, 0.192, 64, "64", 64.0, 60000, "[64]")] == [
+        "0.000112", "0.000121", "0.192", "64", "64", "64", "60,000", "[64]"]
+    # parallel coordinates place a value within the searched range, not within the values sampled
+    assert report.range_position(0.192, p["model.dropout"]) == pytest.approx(0.384)
+    assert report.range_position(1e-3, p["train.learning_rate"]) == pytest.approx(0.5)  # log scale: the middle
+    assert [report.range_position(v, p["train.batch_size"]) for v in ("32", "64", "128")] == [0, 0.5, 1]
+    runs = pd.DataFrame({"state": ["FAIL", "FAIL", "COMPLETE", "FAIL"],
+                         "tags.failure_reason": ["loss became nan in epoch 1", "loss became nan in epoch 1\ntraceback", None,
+                                                 "kernel 15 larger than the 12x12 feature map"]})
+    assert report.failure_reasons(runs) == [("loss became nan in epoch 1", 2), ("kernel 15 larger than the 12x12 feature map", 1)]
 
 
 def call_wsgi(app, path: str) -> bytes:
