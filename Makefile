@@ -22,10 +22,17 @@ help: ## list the targets
 
 setup: $(VENV)/.installed ## create .venv with the package and its test dependencies (idempotent)
 
+# Quiet set-up: setuptools' "Editable installation" notice is advice for package authors, and
+# this machine's pip config names index folders that do not exist (a warning per package).
+# Every other warning and error still shows; a failed install still fails.
+QUIET_PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet
+NOT_NEWS := is ignored: it is neither a file nor a directory
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@echo "setting up $(VENV) (pip install -e '.[test]'; a few minutes on a fresh clone)"
+	@set -o pipefail; $(QUIET_PIP) --upgrade pip 2>&1 | { grep -v "$(NOT_NEWS)" || true; }
+	@set -o pipefail; $(QUIET_PIP) -e ".[test]" 2>&1 | { grep -v "$(NOT_NEWS)" || true; }
 	@touch $@
 
 train: setup ## train CONFIG (default: the baseline) and track it in MLflow
@@ -53,7 +60,7 @@ ui: setup ## the MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI or 
 	$(BIN)/mnist-lab ui $(ARGS)
 
 dashboard: setup ## Optuna Dashboard on http://127.0.0.1:8080 over mlruns/optuna.db (installs the optional extra)
-	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dashboard]"
+	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || { set -o pipefail; $(QUIET_PIP) -e ".[dashboard]" 2>&1 | { grep -v "$(NOT_NEWS)" || true; }; }
 	$(BIN)/mnist-lab dashboard $(ARGS)
 
 clean: ## remove .venv (not mlruns/ or reports/: they hold your results)

@@ -11,6 +11,8 @@ with p < ALPHA (Welch's one-sided t-test), measured on the same validation image
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import time
@@ -402,7 +404,10 @@ def register_champion(client, study_name: str, best: Contender, verdict: Verdict
             "data_digest": best.split[0] or "", "validation_size": str(best.split[1]), "data.seed": str(best.split[2]),
             "val_accuracy_seed_mean": f"{best.mean:.4f}", "val_accuracy_seeds": seeds,
             **{f"p_vs_{label.split(' (')[0].replace(' ', '_')}": f"{p:.3g}" for label, p in verdict.p_values.items()}}
-    registered = mlflow.register_model(tracking.model_uri(best.source_run_id), tracking.MODEL_NAME, tags=tags)
+    # MLflow prints "Successfully registered model ..." / "Created version ..." on stderr; the
+    # sweep's own "crowned: registered as mnist-cnn@champion version N" says it once. Errors still raise.
+    with contextlib.redirect_stderr(io.StringIO()):
+        registered = mlflow.register_model(tracking.model_uri(best.source_run_id), tracking.MODEL_NAME, tags=tags)
     client.update_model_version(
         tracking.MODEL_NAME, registered.version,
         description=(f"{best.label} of study {study_name} (run {best.source_run_id}, "
