@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from mnist_lab import report, tracking
+from mnist_lab import runs, tracking
 from mnist_lab.config import MnistLabError
 from mnist_lab.study import run_config
 
@@ -25,8 +25,8 @@ def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = Non
         raise MnistLabError(f"--top {top} --seeds {seeds}: need at least 1 configuration and 2 seeds (a spread needs two)")
     experiment_id = tracking.setup()
     client = MlflowClient()
-    name = study_name or report.latest_study(client, [experiment_id])
-    study = report.load_study(client, [experiment_id], name)
+    name = study_name or runs.latest_study(client, [experiment_id])
+    study = runs.load_study(client, [experiment_id], name)
     ranked = study.runs[study.runs.state == "COMPLETE"].sort_values(f"metrics.{study.objective}", ascending=not study.maximize)
     if ranked.empty:
         raise MnistLabError(f"study {name}: no complete trial to confirm")

@@ -28,7 +28,7 @@ import mlflow.keras
 import numpy as np
 import yaml
 
-from mnist_lab import data, plots, tracking
+from mnist_lab import data, figures, tracking
 from mnist_lab.config import Config, MnistLabError
 from mnist_lab.model import build_model
 
@@ -340,14 +340,14 @@ def evaluate_test_set(model: keras.Model, run_id: str, data_dir: str | Path | No
 
 def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray,
                    with_plots: bool = True) -> None:
-    figures = {} if not with_plots else {
-        "learning_curves.png": plots.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
-        "confusion_matrix.png": plots.confusion_matrix(split.y_val, y_pred),
-        "misclassified.png": plots.misclassified_grid(split.x_val, split.y_val, y_pred, probs),
+    drawn = {} if not with_plots else {
+        "learning_curves.png": figures.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
+        "confusion_matrix.png": figures.confusion_matrix(split.y_val, y_pred),
+        "misclassified.png": figures.misclassified_grid(split.x_val, split.y_val, y_pred, probs),
     }
-    for name, figure in figures.items():
+    for name, figure in drawn.items():
         mlflow.log_figure(figure, f"plots/{name}")
-        plots.plt.close(figure)
+        figures.plt.close(figure)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         (Path(tmp) / "requirements.txt").write_text(tracking.pip_freeze())

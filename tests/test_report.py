@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from mnist_lab import report, tracking
+from mnist_lab import analysis, runs, tracking
 from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
@@ -27,12 +27,12 @@ def test_overfitting_verdict_on_real_runs(store):
     tracking.setup()
     # Made to overfit: 300 images, a wide dense layer on a 7x7 map (same padding), no dropout, many epochs.
     overfit = train(load_config(None, SMALL_NET + ["model.padding=same", "data.train_size=300", "model.dense=[512]", "model.dropout=0", "train.epochs=14"]), log_model=False)
-    checks = report.fit_checks(history_of(overfit))
+    checks = analysis.fit_checks(history_of(overfit))
     assert checks["overfit_from"] is not None and checks["verdict"] == f"overfitting from epoch {checks['overfit_from']}"
     assert checks["gap_last"] > 0.05 and checks["loss_gap_last"] > 0.1
     # Not made to overfit: 20 times the data, dropout, few epochs.
     fine = train(load_config(None, SMALL_NET + ["data.train_size=6000", "model.dense=[64]", "model.dropout=0.5", "train.epochs=4"]), log_model=False)
-    checks = report.fit_checks(history_of(fine))
+    checks = analysis.fit_checks(history_of(fine))
     assert checks["overfit_from"] is None and "overfitting" not in checks["verdict"]
     assert checks["min_val_loss_epoch"] >= 3  # still improving late in the run
 
@@ -40,9 +40,9 @@ def test_overfitting_verdict_on_real_runs(store):
 def test_fit_checks_rules():
     rising = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "loss": [1.0, 0.5, 0.3, 0.2, 0.1], "accuracy": [0.7, 0.8, 0.9, 0.95, 0.99],
                            "val_loss": [0.9, 0.6, 0.5, 0.55, 0.6], "val_accuracy": [0.7, 0.8, 0.85, 0.84, 0.84]})
-    assert report.fit_checks(rising)["verdict"] == "overfitting from epoch 4"
+    assert analysis.fit_checks(rising)["verdict"] == "overfitting from epoch 4"
     one_bump = rising.assign(val_loss=[0.9, 0.6, 0.5, 0.55, 0.45])  # a single noisy rise is not overfitting
-    assert report.fit_checks(one_bump)["overfit_from"] is None
+    assert analysis.fit_checks(one_bump)["overfit_from"] is None
 
 
 def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypatch, capsys, mnist_dir):
@@ -73,7 +73,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     # configuration counts its trial's run as a seed (seed 0, then 1 and 2 from the confirmations).
     assert f"**confirmation over seeds:** {parent.data.tags['confirmation']}" in md
     assert f"search: {parent.data.tags['stopped']}" in md
-    table, _, _ = report.confirmation(report.load_study(client, [experiment_id], "smoke-optuna"))
+    table, _, _ = analysis.confirmation(runs.load_study(client, [experiment_id], "smoke-optuna"))
     assert list(table.seeds) == [3, 3] and all(table.configuration.str.startswith("trial "))
 
     if not chromium():
@@ -150,16 +150,16 @@ def test_values_and_ranges_are_shown_as_they_are():
                                              "train.batch_size": {"choices": [32, 64, 128]}}})
     p = space.params
     # 3 significant figures: two learning rates never print alike; whole numbers stay whole
-    assert [report.value_text(v) for v in (1.12e-4, 1.21e-4, 0.192, 64, "64", 64.0, 60000, "[64]")] == [
+    assert [analysis.value_text(v) for v in (1.12e-4, 1.21e-4, 0.192, 64, "64", 64.0, 60000, "[64]")] == [
         "0.000112", "0.000121", "0.192", "64", "64", "64", "60,000", "[64]"]
     # parallel coordinates place a value within the searched range, not within the values sampled
-    assert report.range_position(0.192, p["model.dropout"]) == pytest.approx(0.384)
-    assert report.range_position(1e-3, p["train.learning_rate"]) == pytest.approx(0.5)  # log scale: the middle
-    assert [report.range_position(v, p["train.batch_size"]) for v in ("32", "64", "128")] == [0, 0.5, 1]
+    assert analysis.range_position(0.192, p["model.dropout"]) == pytest.approx(0.384)
+    assert analysis.range_position(1e-3, p["train.learning_rate"]) == pytest.approx(0.5)  # log scale: the middle
+    assert [analysis.range_position(v, p["train.batch_size"]) for v in ("32", "64", "128")] == [0, 0.5, 1]
     runs = pd.DataFrame({"state": ["FAIL", "FAIL", "COMPLETE", "FAIL"],
                          "tags.failure_reason": ["loss became nan in epoch 1", "loss became nan in epoch 1\ntraceback", None,
                                                  "kernel 15 larger than the 12x12 feature map"]})
-    assert report.failure_reasons(runs) == [("loss became nan in epoch 1", 2), ("kernel 15 larger than the 12x12 feature map", 1)]
+    assert analysis.failure_reasons(runs) == [("loss became nan in epoch 1", 2), ("kernel 15 larger than the 12x12 feature map", 1)]
 
 
 def call_wsgi(app, path: str) -> bytes:

@@ -1,0 +1,310 @@
+"""Every figure mnist-lab draws: those logged with each run (learning curves, confusion matrix,
+misclassified digits) and the report's (curves of many runs, hyperparameter effects, parallel
+coordinates, optimisation history, studies side by side).
+
+The per-run figures are plain matplotlib on purpose: they are drawn for every run and sweep
+trial, so each costs tens of milliseconds, not the second that seaborn's import and facet
+machinery cost. The report's figures import seaborn where they use it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and workers have no display
+
+import base64
+import io
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from mnist_lab.analysis import MIN_TREND_POINTS, label, range_position, value_text
+from mnist_lab.runs import Study
+from mnist_lab.space import ChoiceParam
+
+SPLIT_COLOURS = {"training": "#1f77b4", "validation": "#ff7f0e"}
+
+
+def learning_curves(history: dict[str, list[float]], title: str = "") -> plt.Figure:
+    """Training against validation loss and accuracy per epoch (1-based)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, key in (("training", metric), ("validation", f"val_{metric}")):
+            values = history.get(key, [])
+            ax.plot(range(1, len(values) + 1), values, marker="o", color=SPLIT_COLOURS[split], label=split)
+        ax.set(title=metric, xlabel="epoch", ylabel=metric)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str = "validation") -> plt.Figure:
+    counts = np.zeros((10, 10), dtype=int)
+    np.add.at(counts, (y_true, y_pred), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.imshow(counts, cmap="Blues", norm=matplotlib.colors.PowerNorm(0.3))
+    threshold = counts.max() / 2
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > threshold else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title=f"confusion matrix ({title}, {len(y_true):,} images)")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, limit: int = 36) -> plt.Figure:
+    """The most confident mistakes first, as one montage image (one Axes, so it draws fast)."""
+    wrong_all = np.flatnonzero(y_true != y_pred)
+    wrong = wrong_all[np.argsort(-probs[wrong_all, y_pred[wrong_all]])][:limit]
+    cols, side, pad = 9, 28, 14  # pad: room for each digit's caption, pixels
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    canvas = np.zeros((rows * (side + pad), cols * side + (cols - 1) * 4), dtype=np.float32)
+    fig, ax = plt.subplots(figsize=(cols * 1.2, rows * 1.45 + 0.4))
+    for k, i in enumerate(wrong):
+        r, c = divmod(k, cols)
+        top, left = r * (side + pad) + pad, c * (side + 4)
+        canvas[top:top + side, left:left + side] = images[i] / 255.0
+        ax.text(left + side / 2, top - 2, f"{y_true[i]}→{y_pred[i]} {probs[i, y_pred[i]]:.0%}",
+                ha="center", va="bottom", fontsize=8, color="crimson")
+    ax.imshow(canvas, cmap="gray_r", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"misclassified validation digits ({len(wrong_all)} in all; true→predicted)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- the report's figures: base64 PNGs for its self-contained page --------------------------------
+
+
+def png(fig) -> str:
+    buffer = io.BytesIO()
+    # No bbox_inches="tight": it draws every figure twice; each figure lays itself out instead.
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def curves_overlay(study: Study, top: pd.DataFrame) -> str:
+    import seaborn as sns
+
+    h = study.history.merge(top[["run_id"]].assign(label=[label(r) for _, r in top.iterrows()]), on="run_id")
+    h["label"] = pd.Categorical(h.label, categories=[label(r) for _, r in top.iterrows()])
+    h = h.sort_values(["label", "epoch"])
+    h["label"] = h.label.astype(str)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        long = h.melt(id_vars=["label", "epoch"], value_vars=[metric, f"val_{metric}"], var_name="split", value_name="value")
+        long["split"] = long.split.map({metric: "training", f"val_{metric}": "validation"})
+        sns.lineplot(long, x="epoch", y="value", hue="label", style="split", markers=True, ax=ax,
+                     hue_order=list(dict.fromkeys(h.label)), dashes={"training": (1, 0), "validation": (4, 2)})
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: training (solid) vs validation (dashed)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Beside the plots, not over the curves.
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    axes[0].get_legend().remove()
+    fig.tight_layout()
+    return png(fig)
+
+
+def curves_grid(study: Study, runs: pd.DataFrame) -> str:
+    labels = {r.run_id: label(r) for _, r in runs.iterrows()}
+    groups = dict(list(study.history[study.history.run_id.isin(labels)].groupby("run_id")))
+    order = [run_id for run_id in labels if run_id in groups]
+    cols = 6
+    rows = math.ceil(len(order) / cols)
+    # One x and one y scale for all: panels are compared at a glance, not read one by one.
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows + 0.4), squeeze=False, sharex=True, sharey=True)
+    for ax in axes.flat[len(order):]:
+        ax.axis("off")
+    for ax, run_id in zip(axes.flat, order):
+        h = groups[run_id]
+        ax.plot(h.epoch, h.accuracy, "o-", ms=3, label="training")
+        ax.plot(h.epoch, h.val_accuracy, "o--", ms=3, label="validation")
+        ax.set_title(labels[run_id], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Above the panels, not over a panel's points.
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.supxlabel("epoch", fontsize=9)
+    fig.supylabel("accuracy", fontsize=9)
+    # Fixed margins: tight_layout measures every tick label of every panel (2-3 s for 24 panels).
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.45 / height + 0.02, top=1 - 0.55 / height, hspace=0.45, wspace=0.12)
+    return png(fig)
+
+
+def axis_plots(study: Study) -> str | None:
+    import seaborn as sns
+
+    col = f"metrics.{study.objective}"
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[col]) if col in study.runs else pd.DataFrame()
+    if not keys or done.empty:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
+        x = pd.to_numeric(done[f"params.{key}"], errors="coerce")
+        p = study.space.params[key]
+        if isinstance(p, ChoiceParam) or x.isna().any():
+            sns.stripplot(x=done[f"params.{key}"].astype(str), y=done[col], ax=ax, size=6)
+        else:
+            sns.scatterplot(x=x, y=done[col], ax=ax, s=40)
+            if getattr(p, "log", False):
+                ax.set_xscale("log")
+            ax.axvspan(p.low, p.high, color="0.93", zorder=-1)
+        ax.set(xlabel=key, ylabel=study.objective)
+    fig.tight_layout()
+    return png(fig)
+
+
+def gap_plot(study: Study, fits: pd.DataFrame) -> str | None:
+    import seaborn as sns
+
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    if fits.empty or not keys or "gap_last" not in fits:
+        return None
+    merged = fits.merge(study.runs[["run_id", *[f"params.{k}" for k in keys]]], on="run_id")
+    keys = [k for k in keys if pd.to_numeric(merged[f"params.{k}"], errors="coerce").notna().all()][:6]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3), squeeze=False)
+    pad = max(0.01, 0.1 * float(merged.gap_last.max() - merged.gap_last.min()))
+    for ax, key in zip(axes.flat, keys):
+        x = pd.to_numeric(merged[f"params.{key}"])
+        # A fitted line and its band over a few points say more than the points do (and stretch the axis).
+        if len(merged) >= MIN_TREND_POINTS and x.nunique() > 2:
+            sns.regplot(x=x, y=merged.gap_last, ax=ax, scatter_kws={"s": 25}, ci=None)
+        else:
+            sns.scatterplot(x=x, y=merged.gap_last, ax=ax, s=30)
+        ax.set_ylim(merged.gap_last.min() - pad, merged.gap_last.max() + pad)
+        ax.set(xlabel=key, ylabel="accuracy gap, last epoch")
+    fig.tight_layout()
+    return png(fig)
+
+
+def parallel_coordinates(study: Study) -> str | None:
+    col = f"metrics.{study.objective}"
+    keys = [k for k in study.searched if f"params.{k}" in study.runs]
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[col]) if col in study.runs else pd.DataFrame()
+    if len(keys) < 2 or len(done) < 2:
+        return None
+    params = study.space.params
+    frame = pd.DataFrame({k: done[f"params.{k}"].map(lambda v, p=params[k]: range_position(v, p)) for k in keys})
+    keys = [k for k in keys if frame[k].notna().all()]
+    frame = frame[keys]
+    frame[study.objective] = done[col].to_numpy()
+    fig, ax = plt.subplots(figsize=(12, 4.2))
+    cmap = plt.get_cmap("viridis")
+    lo, hi = frame[study.objective].min(), frame[study.objective].max()
+    from matplotlib.collections import LineCollection
+
+    ordered = frame.sort_values(study.objective, ascending=study.maximize)
+    xs = np.arange(len(keys))
+    lines = [np.column_stack([xs, y]) for y in ordered[keys].to_numpy()]
+    shade = (ordered[study.objective].to_numpy() - lo) / ((hi - lo) or 1)
+    ax.add_collection(LineCollection(lines, colors=cmap(shade if study.maximize else 1 - shade), alpha=0.8))
+    # Each axis is the searched range itself: its real values are written on it.
+    for x, key in zip(xs, keys):
+        p = params[key]
+        ax.axvline(x, color="0.75", lw=0.8, zorder=0)
+        if isinstance(p, ChoiceParam):
+            marks = [(i / max(1, len(p.choices) - 1), c) for i, c in enumerate(p.choices)]
+        else:
+            marks = [(0.0, p.low), (1.0, p.high)]
+            if getattr(p, "log", False):
+                marks.insert(1, (0.5, math.sqrt(p.low * p.high)))
+            else:
+                marks.insert(1, (0.5, (p.low + p.high) / 2))
+        for y, value in marks:
+            ax.text(x + 0.03, y, value_text(value, p), fontsize=7, va="center", color="0.3")
+    ax.set_xlim(-0.2, len(xs) - 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([])
+    ax.set_xticks(xs, [k.split(".", 1)[-1] for k in keys], rotation=20, fontsize=8)
+    ax.set_ylabel("searched range (low end at the bottom)")
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, label=study.objective)
+    fig.tight_layout()
+    return png(fig)
+
+
+def pareto_plot(study: Study) -> str | None:
+    if not study.space or not study.space.multi_objective:
+        return None
+    a, b = (o.metric for o in study.space.objective[:2])
+    done = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[f"metrics.{a}", f"metrics.{b}"]) if f"metrics.{b}" in study.runs else None
+    if done is None or done.empty:
+        return None
+    ways = [o.way for o in study.space.objective[:2]]
+    pts = done[[f"metrics.{a}", f"metrics.{b}"]].to_numpy()
+    sign = np.array([1 if w == "maximize" else -1 for w in ways])
+    front = [i for i, p in enumerate(pts) if not any(((q * sign >= p * sign).all() and (q * sign > p * sign).any()) for q in pts)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(pts[:, 1], pts[:, 0], color="0.6", label="trials")
+    f = pts[sorted(front, key=lambda i: pts[i, 1])]
+    ax.plot(f[:, 1], f[:, 0], "o-", color="crimson", label="Pareto front")
+    ax.set(xlabel=b, ylabel=a, title="Pareto front")
+    ax.legend()
+    return png(fig)
+
+
+def history_plot(study: Study) -> str | None:
+    """Optimisation history: each trial's score and the best so far, against trials and against compute."""
+    col = f"metrics.{study.objective}"
+    if col not in study.runs or study.runs[col].isna().all():
+        return None
+    r = study.runs.sort_values("start_time") if "start_time" in study.runs else study.runs
+    epochs = study.history.groupby("run_id").epoch.max() if len(study.history) else pd.Series(dtype=float)
+    compute = r.run_id.map(epochs).fillna(0).cumsum().to_numpy()
+    values = r[col].to_numpy(dtype=float)
+    complete = (r.state == "COMPLETE").to_numpy()
+    best = pd.Series(np.where(complete, values, np.nan))
+    best = (best.cummax() if study.maximize else best.cummin()).ffill().to_numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    for ax, x, xlabel in ((axes[0], np.arange(1, len(r) + 1), "trials started"), (axes[1], compute, "compute spent (training epochs)")):
+        ax.scatter(x[complete], values[complete], s=22, color="#3056d3", label="complete trial", zorder=3)
+        pruned = (r.state == "PRUNED").to_numpy()
+        ax.scatter(x[pruned], values[pruned], s=22, marker="x", color="0.55", label="pruned (its last score)", zorder=3)
+        ax.step(x, best, where="post", color="crimson", label="best so far")
+        ax.set(xlabel=xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel(study.objective)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return png(fig)
+
+
+def compare_plot(studies: list[Study]) -> str | None:
+    import seaborn as sns
+
+    if len(studies) < 2:
+        return None
+    rows = []
+    for s in studies:
+        r = s.runs.sort_values("start_time") if "start_time" in s.runs else s.runs
+        col = f"metrics.{s.objective}"
+        epochs = s.history.groupby("run_id").epoch.max()
+        seconds = r.get("metrics.train_seconds", pd.Series(0.0, index=r.index)).fillna(0)
+        values = r[col] if col in r else pd.Series(np.nan, index=r.index)
+        best = values.where(r.state == "COMPLETE").cummax() if s.maximize else values.where(r.state == "COMPLETE").cummin()
+        rows.append(pd.DataFrame({"study": s.name, "epochs": r.run_id.map(epochs).fillna(0).cumsum().to_numpy(),
+                                  "seconds": seconds.cumsum().to_numpy(), "best so far": best.ffill().to_numpy()}))
+    frame = pd.concat(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, x in zip(axes, ("epochs", "seconds")):
+        sns.lineplot(frame, x=x, y="best so far", hue="study", drawstyle="steps-post", marker="o", ax=ax)
+        ax.set(xlabel=f"compute spent ({'training epochs' if x == 'epochs' else 'training seconds'})", ylabel=f"best {studies[0].objective} so far")
+    fig.tight_layout()
+    return png(fig)
