@@ -24,6 +24,10 @@ from mnist_lab.config import IMAGE_SIZE, MnistLabError
 
 DIGIT_BOX = 20  # px: MNIST scaled each digit's longest side to 20 and padded to 28
 INK_THRESHOLD = 0.25  # fraction of the ink's full intensity that counts as ink when cropping
+SPECK = 0.03  # a connected bit of ink under this fraction of the largest stroke's area is dust
+# Stroke width of MNIST's digits in 20-pixel-box pixels (10th-90th percentile, measured with
+# stroke_width on the training images): people's pens are brought into this range.
+MNIST_STROKE = (1.9, 3.5)
 
 
 # A digit needs a few hundred pixels; past this many a file is a mistake (or a decompression bomb),
@@ -85,22 +89,37 @@ def to_mnist(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot be read as an image ({type(e).__name__}); use PNG, JPEG, BMP, GIF or TIFF") from None
 
+    field = mnist_style(gray)
+    if field is None:
+        raise ImageError(f"{path}: no digit found (the image is one flat colour)")
+    return field
+
+
+def mnist_style(gray: np.ndarray) -> np.ndarray | None:
+    """A grayscale picture of one digit (any size, either polarity) -> (28, 28) white ink on black
+    in [0, 1], made like MNIST's digits; None if there is no ink at all.
+
+    People's pictures differ from MNIST's scans in ways the network never saw, so each is undone
+    first: paper lit unevenly (its brightness is estimated over a large window and subtracted),
+    dust and specks (connected bits of ink far smaller than the digit's largest stroke are
+    dropped before cropping), and pens much thinner or thicker than MNIST's (strokes are grown
+    or thinned to MNIST's width once the digit has its 20-pixel size)."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 127:  # light paper, dark ink: MNIST is the other way round
         gray = 255 - gray
-        border = 255 - border
-    background = np.median(border)
-    ink = np.clip(gray - background, 0, None)
+    ink = np.clip(gray - paper_level(gray), 0, None)
     if ink.max() <= 0:
-        raise ImageError(f"{path}: no digit found (the image is one flat colour)")
+        return None
     ink /= ink.max()
 
-    rows, cols = np.nonzero(ink > INK_THRESHOLD)
+    mask = keep_digit(ink > otsu(ink))
+    if not mask.any():
+        return None
+    rows, cols = np.nonzero(mask)
+    # Ink outside the kept strokes (specks) goes; the strokes' soft edges stay.
+    ink = ink * ndimage.binary_dilation(mask, iterations=2)
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    h, w = ink.shape
-    scale = DIGIT_BOX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    box = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32) / 255
+    box = normalise_strokes(ink)
 
     # Centre of mass to the middle of the 28x28 field, as MNIST did; clamp so no ink is cut off.
     cy, cx = ndimage.center_of_mass(box)
@@ -109,6 +128,74 @@ def to_mnist(path: str | Path) -> np.ndarray:
     field = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     field[top : top + box.shape[0], left : left + box.shape[1]] = box
     return np.clip(field, 0, 1)
+
+
+def paper_level(gray: np.ndarray) -> np.ndarray:
+    """The paper's brightness at every pixel (ink bright, paper dark here): a grey opening over a
+    window a third of the picture wide removes the strokes and keeps the lighting."""
+    h, w = gray.shape
+    factor = max(1, max(h, w) // 256)  # estimated on a small copy: lighting changes slowly
+    small = gray[::factor, ::factor]
+    window = max(3, min(small.shape) // 3)
+    level = ndimage.grey_opening(ndimage.median_filter(small, size=3), size=(window, window))
+    level = ndimage.uniform_filter(level, size=max(3, window // 2))  # the opening's steps, smoothed
+    if factor > 1:
+        level = np.asarray(Image.fromarray(level.astype(np.float32)).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return level[:h, :w]
+
+
+def otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1]: the split that best separates ink from the rest."""
+    counts, edges = np.histogram(values, bins=64, range=(0, 1))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres) / np.maximum(w0, 1)
+    m1 = ((counts * centres).sum() - np.cumsum(counts * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(max(centres[int(np.argmax(between))], INK_THRESHOLD / 2))
+
+
+def keep_digit(mask: np.ndarray) -> np.ndarray:
+    """The digit's strokes without dust: connected pieces smaller than SPECK of the largest go."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n <= 1:
+        return mask
+    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    keep = np.flatnonzero(areas >= SPECK * areas.max()) + 1
+    return np.isin(labels, keep)
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: a stroke of width w and length L has area wL and about 2L edge pixels."""
+    edge = mask & ~ndimage.binary_erosion(mask)
+    return 2 * mask.sum() / max(1, edge.sum())
+
+
+def fine_view(ink: np.ndarray) -> tuple[np.ndarray, float]:
+    """Cropped ink at 4x its 20-pixel box (where a stroke is several pixels wide and can be changed
+    finely), and its stroke width in box pixels."""
+    h, w = ink.shape
+    fine = 4 * DIGIT_BOX / max(h, w)
+    size = (max(1, round(w * fine)), max(1, round(h * fine)))
+    work = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32) / 255
+    return work, stroke_width(work > 0.5) / 4
+
+
+def normalise_strokes(ink: np.ndarray) -> np.ndarray:
+    """Cropped ink -> its 20-pixel box (longest side), strokes grown or thinned into MNIST's range."""
+    h, w = ink.shape
+    work, width = fine_view(ink)
+    low, high = MNIST_STROKE
+    if width < low or width > high:
+        radius = int(round(abs((low if width < low else high) - width) * 4 / 2))
+        if radius:
+            y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+            footprint = x * x + y * y <= radius * radius
+            work = (ndimage.grey_dilation if width < low else ndimage.grey_erosion)(work, footprint=footprint)
+    size = (max(1, round(w * DIGIT_BOX / max(h, w))), max(1, round(h * DIGIT_BOX / max(h, w))))
+    work = np.clip(work, 0, 1)
+    return np.asarray(Image.fromarray((work * 255).astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32) / 255
 
 
 def default_model_uri() -> str:
