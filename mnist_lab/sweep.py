@@ -732,7 +732,7 @@ def confirm_stage(study, space: LoadedSpace, study_name: str, parent_run_id: str
     from optuna.trial import TrialState
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log file gets whole lines, not 80 columns
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "mlflow_run_id" in t.user_attrs]
     metrics = [o.metric for o in space.space.objective]
     i = metrics.index("val_accuracy") if "val_accuracy" in metrics else 0
