@@ -9,14 +9,13 @@ dark ink on light paper, then each copy gets one condition (below) and is saved 
 file, which `predict` reads like any person's file. The writers are still MNIST's (there is no
 other labelled handwriting on this machine); the pens, scanners and paper are not. `--source test`
 (the default) draws the digits from MNIST's test set, for the figure the README reports;
-`--source train` from the last 2,000 training images (never in a validation split the lab uses
-for choosing), for tuning the preprocessing without looking at the test set.
+`--source train` from the last N training images, for tuning the preprocessing without looking
+at the test set (a model trained on them scores them optimistically: use it to compare, not to report).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -31,15 +30,11 @@ SCALE = 10  # the 28x28 digit becomes 280x280 before a condition is applied
 
 
 def mnist(source: str, n: int, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from mnist_lab.data import load_mnist
+
     prefix = "t10k" if source == "test" else "train"
-
-    def read(name: str, offset: int) -> np.ndarray:
-        path = data_dir / name
-        raw = path.read_bytes() if path.exists() else gzip.decompress((data_dir / f"{name}.gz").read_bytes())
-        return np.frombuffer(raw, np.uint8, offset=offset)
-
-    images = read(f"{prefix}-images-idx3-ubyte", 16).reshape(-1, 28, 28)
-    labels = read(f"{prefix}-labels-idx1-ubyte", 8).astype(int)
+    arrays, _ = load_mnist(Path(data_dir).resolve())  # the lab's own checked reader
+    images, labels = arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"].astype(int)
     pick = slice(0, n) if source == "test" else slice(len(labels) - n, len(labels))
     return images[pick], labels[pick]
 

@@ -227,7 +227,7 @@ def range_position(value: Any, p) -> float:
     return (v - p.low) / ((p.high - p.low) or 1)
 
 
-def value_text(value: Any, p=None) -> str:
+def value_text(value: Any) -> str:
     """A hyperparameter value as people read it: 3 significant figures (1.12e-04 and 1.21e-04 stay apart)."""
     if isinstance(value, (bool, np.bool_)):
         return str(value)

@@ -125,9 +125,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     experiment_id = tracking.setup()  # also checks the store, and creates mlruns/ on a fresh clone
     from mlflow import MlflowClient
 
-    latest = MlflowClient().search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study'",
-                                        order_by=["attributes.start_time DESC"], max_results=1)
-    study = latest[0].data.tags["study"] if latest else None
+    from mnist_lab.runs import latest_study
+
+    try:
+        study = latest_study(MlflowClient(), [experiment_id])
+    except MnistLabError:  # no study yet: the link opens the experiment's runs
+        study = None
     opens_on = f"the runs of study {study}" if study else "the experiment's runs (no study yet)"
     uri = tracking.current_uri()
     if tracking.ui_url() != tracking.UI_URL:  # a tracking server: it serves its own UI
@@ -149,7 +152,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    storage = args.storage or f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
+    from mnist_lab.sweep import default_storage
+
+    storage = args.storage or default_storage()
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         raise MnistLabError(f"{storage.removeprefix('sqlite:///')}: no Optuna storage there yet; run `make sweep` first, "
                             "or pass --storage URL")

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from mnist_lab import runs, tracking
 from mnist_lab.config import MnistLabError
-from mnist_lab.study import run_config
+from mnist_lab.study import confirm_run_name, run_config
 
 
 def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = None) -> list[dict]:
@@ -41,7 +41,7 @@ def run(study_name: str | None, top: int, seeds: int, data_dir: str | None = Non
             seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
             result = train(
                 seeded, data_dir=data_dir, evaluate_test=True, parent_run_id=study.parent.info.run_id,
-                run_name=f"confirm · trial {int(source.trial)} · seed {seed}",
+                run_name=confirm_run_name(f"trial {int(source.trial)}", seed),
                 tags={"mnist_lab.kind": "confirm", "study": name, "config_rank": str(rank),
                       "source_trial": str(int(source.trial)), "source_run_id": source.run_id},
                 log_model=False,

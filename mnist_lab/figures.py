@@ -229,7 +229,7 @@ def parallel_coordinates(study: Study) -> str | None:
             else:
                 marks.insert(1, (0.5, (p.low + p.high) / 2))
         for y, value in marks:
-            ax.text(x + 0.03, y, value_text(value, p), fontsize=7, va="center", color="0.3")
+            ax.text(x + 0.03, y, value_text(value), fontsize=7, va="center", color="0.3")
     ax.set_xlim(-0.2, len(xs) - 0.5)
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([])

@@ -20,6 +20,7 @@ import pandas as pd
 from mnist_lab import analysis, figures, tracking
 from mnist_lab.analysis import MIN_IMPORTANCE_TRIALS, UNJUDGED
 from mnist_lab.runs import Study, latest_study, load_runs, load_study
+from mnist_lab.study import report_line
 
 TOP_CURVES = 5  # trials overlaid in the learning-curve plot
 GRID_CURVES = 24  # trials in the small-multiples grid
@@ -126,7 +127,7 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
             client.log_artifact(parent.info.run_id, str(p), artifact_path="report")
         # The study's description (MLflow's UI) says where the report now is.
         note = client.get_run(parent.info.run_id).data.tags.get(tracking.DESCRIPTION_TAG, "")
-        line = f"- report: {paths['html'].resolve()} (also logged here, under report/index.html)"
         kept = [x for x in note.splitlines() if not x.startswith("- report:")]
-        client.set_tag(parent.info.run_id, tracking.DESCRIPTION_TAG, "\n".join([*kept, line]).strip())
+        client.set_tag(parent.info.run_id, tracking.DESCRIPTION_TAG,
+                       "\n".join([*kept, report_line(parent.data.tags.get("study", ""), paths["html"])]).strip())
     return paths

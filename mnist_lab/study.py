@@ -18,6 +18,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mnist_lab import tracking
@@ -52,6 +53,17 @@ def worker_is_dead(worker: str | None) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def trial_run_name(study_name: str, number: int, outcome: str = "") -> str:
+    """`<study>-trial-N`, with `-pruned` or `-failed` once that is its outcome: MLflow's run list
+    has no such statuses, so the name tells them apart at a glance."""
+    return f"{study_name}-trial-{number}" + (f"-{outcome}" if outcome else "")
+
+
+def confirm_run_name(label: str, seed: int) -> str:
+    """`confirm · trial 3 · seed 2`: a confirmation seed, by the sweep's confirmation or `make confirm`."""
+    return f"confirm · {label} · seed {seed}"
 
 
 def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
@@ -136,7 +148,7 @@ def record_impossible(client, parent_run_id: str, tags: dict, values: dict, reas
     run = client.create_run(
         tracking.setup(),
         tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
-        run_name=f"{tags['study']}-trial-{tags['trial_number']}-failed",
+        run_name=trial_run_name(tags["study"], tags["trial_number"], "failed"),
     )
     for key, value in values.items():
         client.log_param(run.info.run_id, key, value)
@@ -267,7 +279,7 @@ def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: 
         seed += 1
     seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
     result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False, progress=False,
-                   run_name=f"confirm · {c.label} · seed {seed}",
+                   run_name=confirm_run_name(c.label, seed),
                    tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
                          "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
                          "worker": worker_id(),
@@ -422,7 +434,13 @@ def register_champion(client, study_name: str, best: Contender, verdict: Verdict
     return registered.version
 
 
-def describe_study(client, parent_run_id: str, study_name: str, summary: dict, report: str | None = None) -> None:
+def report_line(study_name: str, html: Path | None = None) -> str:
+    """The description's line saying where the study's report is (`mnist-lab report` rewrites it)."""
+    where = html.resolve() if html else f"`mnist-lab report --study {study_name}` writes reports/{study_name}/index.html"
+    return f"- report: {where} (also logged here, under report/)"
+
+
+def describe_study(client, parent_run_id: str, study_name: str, summary: dict) -> None:
     """The study run's description in MLflow's UI: trials by state, best trial, verdict, where the report is."""
     verdict = summary.get("verdict")
     lines = [f"**Study {study_name}**", "", f"- trials: {summary.get('trials', '?')}",
@@ -436,8 +454,7 @@ def describe_study(client, parent_run_id: str, study_name: str, summary: dict, r
     if summary.get("test"):
         lines.append(f"- the one test-set evaluation: test_accuracy {summary['test']['test_accuracy']:.4f} "
                      f"(run {summary['test']['run_id']})")
-    lines.append(f"- report: {report or f'`mnist-lab report --study {study_name}` writes reports/{study_name}/index.html'}"
-                 " (also logged here, under report/)")
+    lines.append(report_line(study_name))
     client.set_tag(parent_run_id, tracking.DESCRIPTION_TAG, "\n".join(lines))
 
 

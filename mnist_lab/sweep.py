@@ -516,7 +516,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
         try:
             # A pruned trial keeps its curves, config and environment; plots and a model of a fraction
             # of a run are not worth their seconds (most trials are pruned).
-            result = train(config, data_dir=data_dir, run_name=f"{study_name}-trial-{trial.number}", tags=tags,
+            result = train(config, data_dir=data_dir, run_name=studies.trial_run_name(study_name, trial.number), tags=tags,
                            callbacks=[watcher], parent_run_id=parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except KeyboardInterrupt:
@@ -528,7 +528,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
                 client.set_tag(watcher.run_id, "state", "FAIL")
-                client.update_run(watcher.run_id, name=f"{study_name}-trial-{trial.number}-failed")
+                client.update_run(watcher.run_id, name=studies.trial_run_name(study_name, trial.number, "failed"))
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -538,8 +538,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             client.set_tag(result.run_id, "state", "PRUNED")
             client.set_tag(result.run_id, "pruned_at_images", str(watcher.pruned_at))
             client.set_tag(result.run_id, "pruned_at_epoch", f"{watcher.pruned_at / config.data.train_count():.2f}")
-            # MLflow has no "pruned" status and its run ended normally: the name tells it apart in the UI.
-            client.update_run(result.run_id, name=f"{study_name}-trial-{trial.number}-pruned")
+            client.update_run(result.run_id, name=studies.trial_run_name(study_name, trial.number, "pruned"))
             raise optuna.TrialPruned(f"pruned after {watcher.pruned_at:,} training images")
         scores = [studies.objective_value(result, o.metric) for o in objectives]
         client.set_tag(result.run_id, "state", "COMPLETE")
@@ -683,9 +682,10 @@ def _search_confirm_crown(study, space: LoadedSpace, study_name: str, overrides:
     study = type(study)(study_name=study_name, storage=make_storage(storage_url))
     c = count(study)
     client = MlflowClient()
-    client.set_tag(parent_run_id, "trials", f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills")
+    trials = f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills"
+    client.set_tag(parent_run_id, "trials", trials)
     summary = {"study": study_name, "parent_run_id": parent_run_id, "counts": c, "storage": tracking.redact(storage_url),
-               "trials": f"{c.complete} complete, {c.pruned} pruned, {c.fail} failed, {c.lost} lost to kills"}
+               "trials": trials}
     out_of_time = end is not None and not search_time_left(study, space, end)
     in_a_row = failures_in_a_row(study)
     done = c.finished >= budget.n_trials or out_of_time

@@ -27,7 +27,7 @@ MODEL_NAME = "mnist-cnn"  # the registered model; its alias `champion` is what p
 CHAMPION_ALIAS = "champion"
 UI_URL = "http://127.0.0.1:5000"  # where `mnist-lab ui` serves a local store: MLflow's own default
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), not on its runs.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 
 
@@ -126,14 +126,15 @@ def setup(experiment: str | None = None) -> str:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException:
                 # Another worker created it between our look-up and create: use theirs.
                 experiment_id = mlflow.get_experiment_by_name(name).experiment_id
         else:
             experiment_id = found.experiment_id
-            if not found.tags.get("mlflow.experimentKind"):  # made by an older mnist-lab, or by hand
-                mlflow.MlflowClient().set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+            if not found.tags.get(EXPERIMENT_KIND_TAG):  # made by an older mnist-lab, or by hand
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistLabError(f"tracking store {redact(uri)}: {redact(first)[:200]}") from None

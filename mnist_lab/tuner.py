@@ -101,7 +101,7 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
                               int(trial.hyperparameters.get("tuner/initial_epoch")))
                 tags["resumed_from_trial"] = str(int(previous))
             try:
-                result = train(config, data_dir=request.data_dir, run_name=f"{study_name}-trial-{number}", tags=tags,
+                result = train(config, data_dir=request.data_dir, run_name=studies.trial_run_name(study_name, number), tags=tags,
                                parent_run_id=parent_run_id, progress=False, warm_start=warm_start)
             except Exception as e:
                 printed.append(f"trial {number:>3} FAIL     {e}")
