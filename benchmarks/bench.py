@@ -404,8 +404,13 @@ def bench_h(repeats: int) -> dict:
 
 def tables(results: dict) -> str:
     r, lines = results, []
-    lines += [f"Measured {r['date']} on {r['machine']}; `make bench` ({r['repeats']} repeats each, "
-              "median (min–max), variants interleaved).", ""]
+    # Sections are often re-run alone (--only X --merge): say when and at which commit each was measured.
+    when: dict[str, list[str]] = {}
+    for key in sorted(set(r) & set("abcdefgh")):
+        when.setdefault(r.get("measured", {}).get(key, r.get("date", "?")), []).append(key)
+    dates = "; ".join(f"{', '.join(keys)}: {stamp}" for stamp, keys in when.items())
+    lines += [f"Measured on {r['machine']}; `make bench` ({r['repeats']} repeats each, "
+              f"median (min–max), variants interleaved). Sections measured {dates}.", ""]
     lines += ["| measurement | mnist-lab | reference | ratio | goal |", "| --- | --- | --- | --- | --- |"]
     if "a" in r:
         a = r["a"]
@@ -482,6 +487,11 @@ def main() -> None:
         sys.exit("bench: set MNIST_LAB_DATA to the folder with the four MNIST IDX files")
     sections = args.only.split(",")
     results: dict = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
+    measured = results.setdefault("measured", {})
+    for key in set(results) & set("abcdefgh"):  # kept sections from before per-section stamps: the file's date
+        measured.setdefault(key, results.get("date", "?"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    stamp = f"{date.today().isoformat()} at {commit or 'an unknown commit'}"
     results |= {"date": date.today().isoformat(), "machine": machine(), "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -493,6 +503,7 @@ def main() -> None:
                 print(f"bench {key} ...", flush=True)
                 start = time.perf_counter()
                 results[key] = run()
+                measured[key] = stamp
                 print(f"bench {key}: {time.perf_counter() - start:.0f} s", flush=True)
                 Path(args.out).write_text(json.dumps(results, indent=1, default=float))  # a crash later keeps this
     Path(args.out).write_text(json.dumps(results, indent=1, default=float))
