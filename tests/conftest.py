@@ -108,3 +108,14 @@ def test_digits(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
 def save_png(array: np.ndarray, path: Path, mode: str = "L") -> Path:
     Image.fromarray(array.astype(np.uint8)).convert(mode).save(path)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    # `make test` runs `pytest -n 2 --dist loadgroup`: most tests wait on the subprocesses they start,
+    # so two workers halve the wall time. A session or module fixture is built once per worker
+    # process, so the tests sharing an expensive one (a smoke study, a trained model) stay on one worker.
+    for item in items:
+        for fixture in ("smoke_studies", "model_file"):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+                break
