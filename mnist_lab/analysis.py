@@ -15,6 +15,7 @@ import pandas as pd
 
 from mnist_lab.runs import Study
 from mnist_lab.space import ChoiceParam
+from mnist_lab.study import ALPHA, welch_greater
 
 UNJUDGED = ("too short to tell", "no epochs")  # verdicts that judge nothing
 MIN_TREND_POINTS = 8  # fewer points get no fitted trend line
@@ -181,21 +182,44 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                                 f"{samples[b].mean():.4f})")
     for i, a in enumerate(ranks):
         for b in ranks[i + 1:]:
-            if len(samples[a]) < 2 or len(samples[b]) < 2:
-                continue
-            with warnings.catch_warnings():  # identical seed scores: scipy warns, the p-value is still right
-                warnings.simplefilter("ignore", RuntimeWarning)
-                t, p = stats.ttest_ind(samples[a], samples[b], equal_var=False)
-            diff = samples[a].mean() - samples[b].mean()
-            tests.append({"pair": f"{labels[a]} vs {labels[b]}", "difference in val_accuracy": f"{diff:+.4f}",
-                          "Welch t": f"{t:.2f}", "p (two-sided)": f"{p:.3g}"})
-            if p < 0.05:
-                better, worse = (a, b) if diff > 0 else (b, a)
-                verdicts.append(f"{labels[better]} beats {labels[worse]} on validation (p = {p:.3g})")
-            else:
-                verdicts.append(f"{labels[a]} and {labels[b]} are tied within noise (p = {p:.2f}, "
-                                f"{len(samples[a])} and {len(samples[b])} seeds)")
+            if len(samples[a]) >= 2 and len(samples[b]) >= 2:
+                row, verdict = compare_seeds(labels[a], samples[a], labels[b], samples[b])
+                tests.append(row)
+                verdicts.append(verdict)
     return pd.DataFrame(rows), pd.DataFrame(tests), verdicts
+
+
+def incumbent(label: str) -> bool:
+    """The configurations a sweep's trial must beat to be crowned (study.confirm_and_crown's labels)."""
+    return label == "baseline" or label.startswith("current champion")
+
+
+def compare_seeds(label_a: str, a: np.ndarray, label_b: str, b: np.ndarray) -> tuple[dict, str]:
+    """Welch's t-test between two configurations' seed scores: a table row and a plain verdict.
+
+    A trial against the baseline or the champion is judged by the sweep's own gate (one-sided: the
+    question asked beforehand is "is the trial better?"), so the report never contradicts the crowning;
+    two trials, with no side chosen beforehand, by the two-sided test.
+    """
+    from scipy import stats
+
+    with warnings.catch_warnings():  # identical seed scores: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t, p = stats.ttest_ind(a, b, equal_var=False)
+    diff = a.mean() - b.mean()
+    row = {"pair": f"{label_a} vs {label_b}", "difference in val_accuracy": f"{diff:+.4f}", "Welch t": f"{t:.2f}",
+           "p (two-sided)": f"{p:.3g}", "p (one-sided, the sweep's gate)": ""}
+    if incumbent(label_a) != incumbent(label_b):
+        (trial, x), (held, y) = ((label_a, a), (label_b, b)) if incumbent(label_b) else ((label_b, b), (label_a, a))
+        gate = welch_greater(list(x), list(y))
+        row["p (one-sided, the sweep's gate)"] = f"{gate:.3g}"
+        if gate < ALPHA:
+            return row, f"{trial} beats {held} on validation (one-sided p = {gate:.3g}, the sweep's gate; two-sided p = {p:.2g})"
+        return row, f"{trial} does not beat {held} with confidence (one-sided p = {gate:.2f}, {len(x)} and {len(y)} seeds)"
+    if p < ALPHA:
+        better, worse = (label_a, label_b) if diff > 0 else (label_b, label_a)
+        return row, f"{better} beats {worse} on validation (two-sided p = {p:.3g})"
+    return row, f"{label_a} and {label_b} are tied within noise (two-sided p = {p:.2f}, {len(a)} and {len(b)} seeds)"
 
 
 def gap_correlations(study: Study, fits: pd.DataFrame) -> pd.DataFrame:

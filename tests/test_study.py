@@ -84,3 +84,24 @@ def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit
     assert search_time_left(study, space, end=time.time() + 420 + 60 + 30)
     assert not search_time_left(study, space, end=time.time() + 420 + 60 - 30)
     assert search_time_left(study, space, end=None)
+
+
+def test_the_report_judges_a_trial_against_an_incumbent_by_the_sweeps_gate():
+    import numpy as np
+
+    from mnist_lab.analysis import compare_seeds
+
+    # The seeds of `make sweep` at 4c73b2a: one-sided p = 0.026 crowned trial 7, two-sided p = 0.052.
+    trial, baseline = [0.9928, 0.9938, 0.9926], [0.9914, 0.9914, 0.9894]
+    promoted, _, p = judge(contender("trial 7", trial), [contender("baseline", baseline)])
+    row, verdict = compare_seeds("trial 7", np.array(trial), "baseline", np.array(baseline))
+    assert promoted and verdict.startswith("trial 7 beats baseline") and "one-sided p = 0.026" in verdict
+    assert float(row["p (one-sided, the sweep's gate)"]) == pytest.approx(p["baseline"], rel=1e-2)
+    assert float(row["p (two-sided)"]) > ALPHA  # the two-sided test alone would have said "tied"
+    # either order of the pair, the same verdict; a worse trial is not said to beat anything
+    assert compare_seeds("baseline", np.array(baseline), "trial 7", np.array(trial))[1] == verdict
+    assert compare_seeds("trial 2", np.array(baseline), "current champion (version 1)", np.array(trial))[1].startswith(
+        "trial 2 does not beat current champion (version 1)")
+    # two trials: no side was chosen beforehand, so the two-sided test
+    tied = compare_seeds("trial 7", np.array(trial), "trial 18", np.array([0.9918, 0.9936, 0.9930]))[1]
+    assert tied.startswith("trial 7 and trial 18 are tied within noise (two-sided p = 0.70")
