@@ -233,7 +233,8 @@ def parallel_coordinates(study: Study) -> str | None:
     ax.set_xlim(-0.2, len(xs) - 0.5)
     ax.set_ylim(-0.05, 1.05)
     ax.set_yticks([])
-    ax.set_xticks(xs, [k.split(".", 1)[-1] for k in keys], rotation=20, fontsize=8)
+    # Right-aligned at the tick, so long neighbouring names (kernel_size, dense.0) run parallel, not across each other.
+    ax.set_xticks(xs, [k.split(".", 1)[-1] for k in keys], rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_ylabel("searched range (low end at the bottom)")
     fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap=cmap), ax=ax, label=study.objective)
     fig.tight_layout()
