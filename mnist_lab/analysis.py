@@ -15,7 +15,7 @@ import pandas as pd
 
 from mnist_lab.runs import Study
 from mnist_lab.space import ChoiceParam
-from mnist_lab.study import ALPHA, welch_greater
+from mnist_lab.study import ALPHA, is_incumbent, welch_greater
 
 UNJUDGED = ("too short to tell", "no epochs")  # verdicts that judge nothing
 MIN_TREND_POINTS = 8  # fewer points get no fitted trend line
@@ -189,11 +189,6 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), pd.DataFrame(tests), verdicts
 
 
-def incumbent(label: str) -> bool:
-    """The configurations a sweep's trial must beat to be crowned (study.confirm_and_crown's labels)."""
-    return label == "baseline" or label.startswith("current champion")
-
-
 def compare_seeds(label_a: str, a: np.ndarray, label_b: str, b: np.ndarray) -> tuple[dict, str]:
     """Welch's t-test between two configurations' seed scores: a table row and a plain verdict.
 
@@ -209,8 +204,8 @@ def compare_seeds(label_a: str, a: np.ndarray, label_b: str, b: np.ndarray) -> t
     diff = a.mean() - b.mean()
     row = {"pair": f"{label_a} vs {label_b}", "difference in val_accuracy": f"{diff:+.4f}", "Welch t": f"{t:.2f}",
            "p (two-sided)": f"{p:.3g}", "p (one-sided, the sweep's gate)": ""}
-    if incumbent(label_a) != incumbent(label_b):
-        (trial, x), (held, y) = ((label_a, a), (label_b, b)) if incumbent(label_b) else ((label_b, b), (label_a, a))
+    if is_incumbent(label_a) != is_incumbent(label_b):
+        (trial, x), (held, y) = ((label_a, a), (label_b, b)) if is_incumbent(label_b) else ((label_b, b), (label_a, a))
         gate = welch_greater(list(x), list(y))
         row["p (one-sided, the sweep's gate)"] = f"{gate:.3g}"
         if gate < ALPHA:

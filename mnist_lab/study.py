@@ -25,6 +25,8 @@ from mnist_lab import tracking
 from mnist_lab.config import Config, MnistLabError
 
 ALPHA = 0.05  # one-sided significance a new champion must reach against each incumbent
+BASELINE = "baseline"  # the labels of the incumbents a trial must beat (the report reads them back from the runs)
+CHAMPION = "current champion"
 # The data settings that decide which images are validation images: runs that differ in any of
 # these (or in the MNIST content digest) were scored on different images and are not compared.
 SPLIT_KEYS = ("data.validation_size", "data.seed")
@@ -216,6 +218,11 @@ def welch_greater(a: list[float], b: list[float]) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
 
 
+def is_incumbent(label: str) -> bool:
+    """Is this confirmation label the baseline's or the current champion's (what a trial must beat)?"""
+    return label == BASELINE or label.startswith(CHAMPION)
+
+
 @dataclass
 class Contender:
     """A configuration with its validation accuracy per training seed, and where it was measured."""
@@ -379,11 +386,11 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
     candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
     incumbents: list[Contender] = []
     if baseline_run_id:
-        incumbents.append(contender(client, client.get_run(baseline_run_id), "baseline", len(candidates) + 1))
+        incumbents.append(contender(client, client.get_run(baseline_run_id), BASELINE, len(candidates) + 1))
     version, champion_run = current_champion(client)
     reigning = champion_run is not None and champion_run.info.run_id in {c.source_run_id for c in candidates}
     if champion_run is not None and not reigning and champion_run.info.run_id != baseline_run_id:
-        incumbents.append(contender(client, champion_run, f"current champion (version {version.version})", len(candidates) + 2))
+        incumbents.append(contender(client, champion_run, f"{CHAMPION} (version {version.version})", len(candidates) + 2))
     everyone = candidates + incumbents
     add_confirmation_runs(client, experiment_id, everyone)
     if not candidates:
