@@ -162,7 +162,13 @@ def make_pruner(space: LoadedSpace):
         # Not before an eighth of an epoch: the first reports of every trial are noise.
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch // REPORTS_PER_EPOCH)
     if s.pruner == "sha":
-        # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third.
+        # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third
+        # of the trials at the same point of the same learning-rate schedule (see mnist_lab/pruning.py).
+        from mnist_lab.pruning import ScheduleAwareHalving
+
+        return ScheduleAwareHalving(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
+    if s.pruner == "sha-pooled":
+        # Optuna's own: every trial at a rung ranked together, whatever its schedule.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
     if s.pruner == "hyperband":
         # Rungs from an eighth of an epoch up to the longest trial, keeping a third at each: a hopeless
@@ -431,6 +437,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
+    from mnist_lab.pruning import GROUP_ATTR, lr_group
     from mnist_lab.space import suggest_optuna
     from mnist_lab.train import train
 
@@ -512,6 +519,8 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             studies.record_impossible(client, parent_run_id, tags, values, reason)
             trial.set_user_attr("fail_reason", reason)
             raise
+        # The pruner ranks a trial only against trials at the same point of the same rate schedule.
+        trial.set_user_attr(GROUP_ATTR, lr_group(config.train.lr_schedule, config.train.epochs))
         watcher = ReportProgress(trial, config)
         try:
             # A pruned trial keeps its curves, config and environment; plots and a model of a fraction

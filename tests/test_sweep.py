@@ -252,7 +252,8 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
     assert MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{good.user_attrs['mlflow_run_id']}'")
 
 
-@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("random", "sha"), ("qmc", "none"), ("grid", "none")])
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("random", "sha"), ("random", "sha-pooled"),
+                                            ("qmc", "none"), ("grid", "none")])
 def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     from mnist_lab.sweep import make_pruner, make_sampler
 
@@ -262,10 +263,58 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
     space = load_space(path)
     assert type(make_sampler(space)).__name__.lower().startswith(sampler[:3])
     built = make_pruner(space)
-    assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "sha": "SuccessiveHalvingPruner", "none": "NopPruner"}[pruner] == type(built).__name__
+    assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "sha": "ScheduleAwareHalving",
+            "sha-pooled": "SuccessiveHalvingPruner", "none": "NopPruner"}[pruner] == type(built).__name__
     if pruner == "hyperband":
         # training images seen: the largest epoch count in the space times 55,000 images per epoch
         assert built._max_resource == 4 * 55_000 and built._min_resource == 55_000 // REPORTS_PER_EPOCH
+
+
+def test_halving_ranks_an_annealed_trial_only_against_trials_at_the_same_point_of_its_schedule(tmp_path):
+    """The measured failure (study of 4c73b2a): a 5-epoch one-cycle trial, still warming up at
+    9/8 of an epoch, scored below the constant-rate trials there and was pruned before its decay."""
+    from mnist_lab.pruning import GROUP_ATTR, ScheduleAwareHalving, lr_group
+
+    epoch = 55_000
+    rung = epoch // REPORTS_PER_EPOCH
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=ScheduleAwareHalving(min_resource=rung, reduction_factor=3))
+
+    def run(group: str, curve: list[float]) -> bool:
+        """Reports `curve` at an eighth of an epoch each; True if the pruner stopped it."""
+        trial = study.ask()
+        trial.set_user_attr(GROUP_ATTR, group)
+        for i, v in enumerate(curve, start=1):
+            trial.report(v, i * rung)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return True
+        study.tell(trial, curve[-1])
+        return False
+
+    constant = lr_group("constant", 3)
+    assert lr_group("constant", 5) == constant and lr_group("one_cycle", 5) != lr_group("one_cycle", 3)
+    # The measured curves, an eighth of an epoch apart: trial 25 (batch 32, constant rate) and the
+    # trial later crowned, trial 7 (batch 128, one-cycle, still warming up here).
+    constant_curve = [0.962, 0.971, 0.977, 0.984, 0.981, 0.991, 0.984, 0.987, 0.985]
+    one_cycle_curve = [0.955, 0.947, 0.956, 0.965, 0.947, 0.977, 0.962, 0.973, 0.981]
+    for _ in range(6):
+        run(constant, constant_curve)
+    # The one-cycle trial, below them at every rung, is not pruned while it has no peer...
+    one_cycle = lr_group("one_cycle", 5)
+    assert not run(one_cycle, one_cycle_curve)
+    # ...and then is what its peers are ranked against: one better is kept, one worse is pruned.
+    assert not run(one_cycle, [v + 0.002 for v in one_cycle_curve])
+    assert run(one_cycle, [v - 0.002 for v in one_cycle_curve])
+    # A diverged trial without peers still stops at once: its error is over twice the median error.
+    assert run(lr_group("cosine", 2), [0.11])
+    # Optuna's own pruner, ranking everything together, stops the same one-cycle trial at the first rung.
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner(rung, 3))
+    for _ in range(6):
+        assert not run(constant, constant_curve)
+    assert run(one_cycle, one_cycle_curve)
+    assert len(study.trials[-1].intermediate_values) == 1
 
 
 def test_keras_tuner_hyperband_continues_promoted_trials_instead_of_retraining(store, tmp_path):
