@@ -437,7 +437,7 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
-    from mnist_lab.pruning import GROUP_ATTR, lr_group
+    from mnist_lab.pruning import RUN_ATTR, SCHEDULE_ATTR
     from mnist_lab.space import suggest_optuna
     from mnist_lab.train import train
 
@@ -520,7 +520,8 @@ def make_objective(space: LoadedSpace, study_name: str, overrides: dict, data_di
             trial.set_user_attr("fail_reason", reason)
             raise
         # The pruner ranks a trial only against trials at the same point of the same rate schedule.
-        trial.set_user_attr(GROUP_ATTR, lr_group(config.train.lr_schedule, config.train.epochs))
+        trial.set_user_attr(SCHEDULE_ATTR, config.train.lr_schedule)
+        trial.set_user_attr(RUN_ATTR, config.train.epochs * config.data.train_count())
         watcher = ReportProgress(trial, config)
         try:
             # A pruned trial keeps its curves, config and environment; plots and a model of a fraction

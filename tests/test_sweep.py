@@ -271,20 +271,21 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
 
 
 def test_halving_ranks_an_annealed_trial_only_against_trials_at_the_same_point_of_its_schedule(tmp_path):
-    """The measured failure (study of 4c73b2a): a 5-epoch one-cycle trial, still warming up at
-    9/8 of an epoch, scored below the constant-rate trials there and was pruned before its decay."""
-    from mnist_lab.pruning import GROUP_ATTR, ScheduleAwareHalving, lr_group
+    """The measured failure (study of 4c73b2a): a one-cycle trial, still warming up in its first
+    epoch, scored below the constant-rate trials there and was pruned before its rate decayed."""
+    from mnist_lab.pruning import RUN_ATTR, SCHEDULE_ATTR, ScheduleAwareHalving
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     epoch = 55_000
     rung = epoch // REPORTS_PER_EPOCH
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = f"sqlite:///{tmp_path / 'p.db'}"
     study = optuna.create_study(storage=storage, direction="maximize", pruner=ScheduleAwareHalving(min_resource=rung, reduction_factor=3))
 
-    def run(group: str, curve: list[float]) -> bool:
-        """Reports `curve` at an eighth of an epoch each; True if the pruner stopped it."""
+    def run(schedule: str, epochs: int, curve: list[float]) -> bool:
+        """Reports `curve` an eighth of an epoch apart; True if the pruner stopped it there."""
         trial = study.ask()
-        trial.set_user_attr(GROUP_ATTR, group)
+        trial.set_user_attr(SCHEDULE_ATTR, schedule)
+        trial.set_user_attr(RUN_ATTR, epochs * epoch)
         for i, v in enumerate(curve, start=1):
             trial.report(v, i * rung)
             if trial.should_prune():
@@ -293,27 +294,30 @@ def test_halving_ranks_an_annealed_trial_only_against_trials_at_the_same_point_o
         study.tell(trial, curve[-1])
         return False
 
-    constant = lr_group("constant", 3)
-    assert lr_group("constant", 5) == constant and lr_group("one_cycle", 5) != lr_group("one_cycle", 3)
-    # The measured curves, an eighth of an epoch apart: trial 25 (batch 32, constant rate) and the
-    # trial later crowned, trial 7 (batch 128, one-cycle, still warming up here).
+    # The measured curves: trial 25 (batch 32, constant rate) and the trial later crowned,
+    # trial 7 (batch 128, one-cycle over 3 epochs, still warming up here).
     constant_curve = [0.962, 0.971, 0.977, 0.984, 0.981, 0.991, 0.984, 0.987, 0.985]
     one_cycle_curve = [0.955, 0.947, 0.956, 0.965, 0.947, 0.977, 0.962, 0.973, 0.981]
-    for _ in range(6):
-        run(constant, constant_curve)
-    # The one-cycle trial, below them at every rung, is not pruned while it has no peer...
-    one_cycle = lr_group("one_cycle", 5)
-    assert not run(one_cycle, one_cycle_curve)
-    # ...and then is what its peers are ranked against: one better is kept, one worse is pruned.
-    assert not run(one_cycle, [v + 0.002 for v in one_cycle_curve])
-    assert run(one_cycle, [v - 0.002 for v in one_cycle_curve])
-    # A diverged trial without peers still stops at once: its error is over twice the median error.
-    assert run(lr_group("cosine", 2), [0.11])
-    # Optuna's own pruner, ranking everything together, stops the same one-cycle trial at the first rung.
+    for epochs in (2, 3, 4, 2, 3, 4):  # constant rate: ranked together at equal images, whatever their epochs
+        assert not run("constant", epochs, constant_curve)
+    assert run("constant", 5, [v - 0.01 for v in constant_curve])
+    # The one-cycle trial, below them at every rung, is not pruned while it has no rival...
+    assert not run("one_cycle", 3, one_cycle_curve)
+    # ...and then is what its rivals are ranked against: one better is kept, one worse is pruned.
+    better = [v + 0.002 for v in one_cycle_curve]
+    assert not run("one_cycle", 3, better)
+    assert run("one_cycle", 3, [v - 0.002 for v in one_cycle_curve])
+    # A one-cycle run over 6 epochs is at the same point of its schedule after twice the images of
+    # a 3-epoch one. Slower, it is not pruned for it: the best 3-epoch curve stretched twofold is
+    # kept, though at equal images (3/8 of an epoch: 0.949 against 0.958) it would be behind.
+    assert not run("one_cycle", 6, [v for v in better for _ in (0, 1)][:9])
+    # A diverged trial without a rival still stops at once: its error is over twice the median error.
+    assert run("cosine", 2, [0.11])
+    # Optuna's own pruner, ranking everything together, stops the crowned trial at the first rung.
     study = optuna.create_study(storage=storage, direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner(rung, 3))
     for _ in range(6):
-        assert not run(constant, constant_curve)
-    assert run(one_cycle, one_cycle_curve)
+        assert not run("constant", 3, constant_curve)
+    assert run("one_cycle", 3, one_cycle_curve)
     assert len(study.trials[-1].intermediate_values) == 1
 
 
