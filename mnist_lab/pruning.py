@@ -86,20 +86,14 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
         if not crossed:
             return False
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        schedule, run = trial.user_attrs.get(SCHEDULE_ATTR), trial.user_attrs.get(RUN_ATTR)
+        schedule, run = trial.user_attrs[SCHEDULE_ATTR], trial.user_attrs[RUN_ATTR]
         others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
                   if t.number != trial.number]
         for rung in crossed:
-            rivals = []
-            for t in others:
-                if t.user_attrs.get(SCHEDULE_ATTR) != schedule:
-                    continue
-                if schedule == "constant" or not run or not t.user_attrs.get(RUN_ATTR):
-                    v = value_at(t, rung)
-                else:  # the same fraction of its own run
-                    v = value_at(t, rung * t.user_attrs[RUN_ATTR] / run)
-                if v is not None and math.isfinite(v):
-                    rivals.append(v)
+            # Constant rate: equal images; annealed: the same fraction of the rival's own run.
+            rivals = [v for t in others if t.user_attrs.get(SCHEDULE_ATTR) == schedule
+                      and (v := value_at(t, rung if schedule == "constant" else rung * t.user_attrs[RUN_ATTR] / run)) is not None
+                      and math.isfinite(v)]
             if rivals:
                 if not promotable(value, rivals + [value], self.eta, maximize):
                     return True

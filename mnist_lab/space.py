@@ -4,7 +4,7 @@
     fixed: {data.train_size: 20000}     # the same for every trial
     objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
-    pruner: hyperband                   # none | median | sha | sha-pooled | hyperband, on training images seen, 4 reports per epoch
+    pruner: hyperband                   # none | median | sha | sha-pooled | hyperband, on training images seen, 8 reports per epoch
     budget: {n_trials: 20, timeout: 1800, max_consecutive_failures: 5}
     confirm: {top: 2, seeds: 3, reserve: 0.1}   # retrain the best 2 and the baseline to 3 seeds before crowning
     params:

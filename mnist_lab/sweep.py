@@ -158,23 +158,24 @@ def make_pruner(space: LoadedSpace):
         if key == "train.epochs":
             max_epochs = getattr(p, "high", None) or max(p.choices)
     epoch = base.data.train_count()
+    first_rung = max(1, epoch // REPORTS_PER_EPOCH)  # an eighth of an epoch of images
     if s.pruner == "median":
         # Not before an eighth of an epoch: the first reports of every trial are noise.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epoch // REPORTS_PER_EPOCH)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_rung)
     if s.pruner == "sha":
         # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third
         # of the trials at the same point of the same learning-rate schedule (see mnist_lab/pruning.py).
         from mnist_lab.pruning import ScheduleAwareHalving
 
-        return ScheduleAwareHalving(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
+        return ScheduleAwareHalving(min_resource=first_rung, reduction_factor=3)
     if s.pruner == "sha-pooled":
         # Optuna's own: every trial at a rung ranked together, whatever its schedule.
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epoch // REPORTS_PER_EPOCH), reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=3)
     if s.pruner == "hyperband":
         # Rungs from an eighth of an epoch up to the longest trial, keeping a third at each: a hopeless
         # trial stops within its first epoch, and trials are compared at equal images seen.
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, epoch // REPORTS_PER_EPOCH), max_resource=max(1, int(max_epochs) * epoch), reduction_factor=3
+            min_resource=first_rung, max_resource=max(1, int(max_epochs) * epoch), reduction_factor=3
         )
     return optuna.pruners.NopPruner()
 
