@@ -22,7 +22,11 @@ kept, the best one while fewer than eta trials are there), but the rivals are ch
 The first trial of a schedule has no rival yet; it only has to clear a floor, an error no more than
 twice the median error of all trials at that rung, so a diverged configuration still stops early.
 
-A trial's value at a point is its first report at or after it. Nothing is stored beside the
+A trial's value at a rung is its first report at or after it. A rival's value at a point of its
+schedule is interpolated between its reports (they come every eighth of an epoch, and a point of a
+longer run's schedule falls between a shorter run's reports), and it has none before its first
+report: at the first rung an 8-epoch run meets no 3-epoch rival, whose first report lies 2.7 times
+further along its schedule, only the floor. Nothing is stored beside the
 intermediate values and two user attributes set when the trial starts, so the decision is the
 same after a resume and for every worker sharing the storage.
 """
@@ -30,6 +34,8 @@ same after a resume and for every worker sharing the storage.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -43,6 +49,14 @@ def value_at(trial: FrozenTrial, images: float) -> float | None:
     """The trial's first reported value at or after `images`, if it got that far."""
     steps = [s for s in trial.intermediate_values if s >= images]
     return trial.intermediate_values[min(steps)] if steps else None
+
+
+def value_along(trial: FrozenTrial, images: float) -> float | None:
+    """The trial's value `images` into its run, interpolated between its reports; None outside them."""
+    steps = sorted(trial.intermediate_values)
+    if not steps or not steps[0] <= images <= steps[-1]:
+        return None
+    return float(np.interp(images, steps, [trial.intermediate_values[s] for s in steps]))
 
 
 def promotable(value: float, rivals: list[float], eta: int, maximize: bool) -> bool:
@@ -90,9 +104,10 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
         others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
                   if t.number != trial.number]
         for rung in crossed:
-            # Constant rate: equal images; annealed: the same fraction of the rival's own run.
+            # Constant rate: equal images; annealed: the same fraction of the rival's own run as the
+            # trial's report here is of its run.
             rivals = [v for t in others if t.user_attrs.get(SCHEDULE_ATTR) == schedule
-                      and (v := value_at(t, rung if schedule == "constant" else rung * t.user_attrs[RUN_ATTR] / run)) is not None
+                      and (v := value_at(t, rung) if schedule == "constant" else value_along(t, step * t.user_attrs[RUN_ATTR] / run)) is not None
                       and math.isfinite(v)]
             if rivals:
                 if not promotable(value, rivals + [value], self.eta, maximize):
