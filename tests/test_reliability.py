@@ -42,7 +42,10 @@ def trials(store):
 
 
 def start(*args):
+    # SIGINT back to its default, as in a terminal: a shell script's background job (CI started with
+    # `&`, nohup) inherits it ignored, and Python then installs no Ctrl-C handler at all.
     return subprocess.Popen(sweep_cmd("--n-trials", "3", *args), env=os.environ | ENV, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
