@@ -304,10 +304,13 @@ def test_halving_ranks_an_annealed_trial_only_against_trials_at_the_same_point_o
     assert run("constant", 5, [v - 0.01 for v in constant_curve])
     # The one-cycle trial, below them at every rung, is not pruned while it has no rival...
     assert not run("one_cycle", 3, one_cycle_curve)
-    # ...and then is what its rivals are ranked against: one better is kept, one worse is pruned.
+    # ...nor is a worse one while fewer than 3 of their schedule are at a rung (only the floor then)...
+    worse = [v - 0.002 for v in one_cycle_curve]
+    assert not run("one_cycle", 3, worse)
+    # ...and from the third on they are ranked: one better is kept, one worse than both is pruned.
     better = [v + 0.002 for v in one_cycle_curve]
     assert not run("one_cycle", 3, better)
-    assert run("one_cycle", 3, [v - 0.002 for v in one_cycle_curve])
+    assert run("one_cycle", 3, [v - 0.003 for v in one_cycle_curve])
     # A one-cycle run over 6 epochs is at the same point of its schedule after twice the images of
     # a 3-epoch one. Slower, it is not pruned for it: the best 3-epoch curve stretched twofold (a
     # hair better) is kept, though at equal images (3/8 of an epoch: 0.953 against 0.958) it would
