@@ -12,7 +12,7 @@ survived because it ran early, when a rung had few rivals, and the later one-cyc
 proposals were pruned before their decay. TPE then learnt "constant rate, batch 32".
 
 So the rungs stay Optuna's (min_resource * eta**k images of the trial's own run, the best 1/eta
-kept, the best one while fewer than eta trials are there), but the rivals are chosen fairly:
+kept), but the rivals are chosen fairly:
 - a constant-rate trial is ranked against every constant-rate trial at equal images seen (their
   rate does not depend on the run's length);
 - an annealed trial (cosine, one-cycle) against the trials of its schedule at the same fraction of
@@ -24,7 +24,8 @@ trial only has to clear a floor, an error no more than twice the median error of
 that rung, so a diverged configuration still stops early. Optuna's rule keeps only the best one
 then, and measured (study of 7046983, README) that let the first one-cycle trial, a good draw, stop
 the next ones of its schedule: TPE saw almost no finished annealed run and went back to the
-baseline's corner.
+baseline's corner. With this rule the study of dc30c9c crowned (0.9944 over 3 seeds) a one-cycle
+network the study of 30fc94b had pruned after 1.15 epochs.
 
 A trial's value at a rung is its first report at or after it. A rival's value at a point of its
 schedule is interpolated between its reports (they come every eighth of an epoch, and a point of a
