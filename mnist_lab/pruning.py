@@ -64,10 +64,18 @@ def value_along(trial: FrozenTrial, images: float) -> float | None:
     return float(np.interp(images, steps, [trial.intermediate_values[s] for s in steps]))
 
 
+def rival_value(rival: FrozenTrial, schedule: str, rung: int, fraction: float) -> float | None:
+    """Constant rate: the rival's value at equal images; annealed: at the same fraction of its own run
+    as the trial's report at this rung is of the trial's run."""
+    if schedule == "constant":
+        return value_at(rival, rung)
+    return value_along(rival, fraction * rival.user_attrs[RUN_ATTR])
+
+
 def promotable(value: float, rivals: list[float], eta: int, maximize: bool) -> bool:
-    """Optuna's rule: in the best len//eta of the values."""
+    """Optuna's rule: in the best len//eta of the values (the pruner asks only once there are eta)."""
     ranked = sorted(rivals, reverse=maximize)
-    keep = max(1, len(ranked) // eta)
+    keep = len(ranked) // eta
     return value >= ranked[keep - 1] if maximize else value <= ranked[keep - 1]
 
 
@@ -109,11 +117,8 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
         others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
                   if t.number != trial.number]
         for rung in crossed:
-            # Constant rate: equal images; annealed: the same fraction of the rival's own run as the
-            # trial's report here is of its run.
             rivals = [v for t in others if t.user_attrs.get(SCHEDULE_ATTR) == schedule
-                      and (v := value_at(t, rung) if schedule == "constant" else value_along(t, step * t.user_attrs[RUN_ATTR] / run)) is not None
-                      and math.isfinite(v)]
+                      and (v := rival_value(t, schedule, rung, step / run)) is not None and math.isfinite(v)]
             if len(rivals) + 1 >= self.eta:
                 if not promotable(value, rivals + [value], self.eta, maximize):
                     return True
