@@ -44,10 +44,10 @@ sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optun
 report: setup ## write reports/<study>/index.html for STUDY (default: the latest study)
 	$(BIN)/mnist-lab report $(if $(STUDY),--study $(STUDY)) $(ARGS)
 
-confirm: setup ## retrain the TOP configurations of STUDY with SEEDS seeds each
+confirm: setup ## retrain the TOP configurations of STUDY to SEEDS seeds each (validation), each tested once
 	$(BIN)/mnist-lab confirm $(if $(STUDY),--study $(STUDY)) --top $(TOP) --seeds $(SEEDS) $(ARGS)
 
-test: setup ## the test suite without the slow tests, on 2 pytest workers (6 min on 2 cores, plus 2 min of setup on a fresh clone)
+test: setup ## the test suite without the slow tests (and the import contracts), on 2 pytest workers
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup $(ARGS)
 
 test-all: setup ## every test, the slow ones too

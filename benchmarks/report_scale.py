@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (make bench reads it)")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from mnist_lab import report, tracking
+    from mnist_lab import tracking
+    from mnist_lab.report import page
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -85,7 +86,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            paths = report.run(["scale"], None, "reports")
+            paths = page.run(["scale"], None, "reports")
             times.append(time.perf_counter() - start)
         size = Path(paths["html"]).stat().st_size / 1e6
         print(f"report over {args.runs} runs x {args.epochs} epochs: median {statistics.median(times):.1f} s "

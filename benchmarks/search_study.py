@@ -11,10 +11,15 @@ images it saw before it stopped). No confirmation stage: only the search is comp
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
-from mnist_lab import sweep, tracking
-from mnist_lab.space import load_space
+from mnist_lab import tracking
+from mnist_lab.sweep.objective import Objective
+from mnist_lab.sweep.optuna_engine import parent_run
+from mnist_lab.sweep.optuna_study import default_storage, open_study
+from mnist_lab.sweep.records import StudySetup
+from mnist_lab.sweep.space import load_space
 
 
 def images_seen(trial, epoch_images: int) -> int:
@@ -28,13 +33,12 @@ def images_seen(trial, epoch_images: int) -> int:
 def main() -> None:
     space_path, budget = sys.argv[1], int(sys.argv[2])
     space = load_space(space_path)
-    tracking.setup()
-    name = Path(space_path).stem
-    study, created = sweep.open_study(space, name, sweep.default_storage())
-    parent_run_id = sweep.parent_run(study, space, name, created)
+    setup = StudySetup(Path(space_path).stem, space, {}, space.config_for({}), None, tracking.setup())
+    study, created = open_study(setup, default_storage())
+    parent_run_id = parent_run(study, setup, created)
     if created and space.baseline_values():
         study.enqueue_trial(space.baseline_values(), user_attrs={"baseline": True})  # as `mnist-lab sweep` does
-    objective = sweep.make_objective(space, name, {}, None, parent_run_id, budget=10**9)
+    objective = Objective(setup, parent_run_id, threading.Event())
     epoch_images = space.config_for({}).data.train_count()
     spent = 0
     while spent < budget:

@@ -71,14 +71,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mnist_lab.config import parse_overrides
-    from mnist_lab.space import load_space
-
-    # The space, the budget flags and the overrides are checked before MLflow and TensorFlow load
-    # (3-10 s): a typo costs half a second. `run` checks them again, for callers other than this CLI.
-    load_space(args.space, args.n_trials, args.timeout).config_for({}, parse_overrides(args.overrides))
-    if args.workers < 1:
-        raise MnistLabError(f"--workers {args.workers}: must be at least 1")
+    # `run` checks the space, the budget flags and the overrides before MLflow and TensorFlow load
+    # (3-10 s): a typo costs half a second.
     from mnist_lab.sweep import SweepRequest, run
 
     summary = run(SweepRequest(
@@ -103,19 +97,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mnist_lab import report
+    from mnist_lab.report import page
 
-    paths = report.run(args.study, args.runs, args.out)
+    paths = page.run(args.study, args.runs, args.out)
     print(f"wrote {paths['html']} (open it in a browser), {paths['md']} and {paths['csv']}")
     return 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    import_tensorflow()
-    from mnist_lab import confirm
+    from mnist_lab import champion, tracking
 
-    results = confirm.run(args.study, args.top, args.seeds, args.data_dir)
-    print(f"{len(results)} confirmation runs; `mnist-lab report{' --study ' + args.study if args.study else ''}` compares them")
+    if args.top < 1 or args.seeds < 2:  # before MLflow and TensorFlow load
+        raise MnistLabError(f"--top {args.top} --seeds {args.seeds}: need at least 1 configuration and 2 seeds (a spread needs two)")
+    experiment_id = tracking.setup()
+    import_tensorflow()
+    contenders = champion.confirm_top(
+        experiment_id, args.study, args.top, args.seeds, args.data_dir,
+        on_result=lambda c, seed, v: print(f"#{c.rank} ({c.label}) seed {seed}: val_accuracy {v:.4f}", flush=True))
+    for c in contenders:
+        print(f"#{c.rank} {c.label}: val_accuracy {c.mean:.4f} mean over {len(c.scores)} seeds")
+    print(f"`mnist-lab report{' --study ' + args.study if args.study else ''}` compares them")
     return 0
 
 
@@ -125,10 +126,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     experiment_id = tracking.setup()  # also checks the store, and creates mlruns/ on a fresh clone
     from mlflow import MlflowClient
 
-    from mnist_lab.runs import latest_study
-
     try:
-        study = latest_study(MlflowClient(), [experiment_id])
+        study = tracking.latest_study(MlflowClient(), experiment_id)
     except MnistLabError:  # no study yet: the link opens the experiment's runs
         study = None
     opens_on = f"the runs of study {study}" if study else "the experiment's runs (no study yet)"
@@ -144,15 +143,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
     # Two workers, not MLflow's four: one person's browser, and each worker takes seconds to start on 2 cores.
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", args.host, "--port", str(args.port), "--workers", "2"])
-    return 0  # not reached: execv replaces this process
+                              "--host", args.host, "--port", str(args.port), "--workers", "2"])  # replaces this process
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from mnist_lab.sweep import default_storage
+    from mnist_lab.sweep.optuna_study import default_storage
 
     storage = args.storage or default_storage()
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
@@ -165,8 +163,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from mnist_lab import tracking
 
     print(f"Optuna Dashboard over {tracking.redact(storage)} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    os.execv(program, [program, storage, "--host", args.host, "--port", str(args.port)])
-    return 0
+    os.execv(program, [program, storage, "--host", args.host, "--port", str(args.port)])  # replaces this process
 
 
 def parser() -> argparse.ArgumentParser:

@@ -103,9 +103,7 @@ class AugmentConfig(_Section):
 class ModelConfig(_Section):
     # The tutorial's CNN: two 5x5 conv blocks (32, 64 filters). Its code passes no `padding`, so
     # Keras uses 'valid': 28 -> 24 -> 12 -> 8 -> 4, 1,111,946 parameters in all.
-    conv_blocks: list[ConvBlock] = Field(
-        default_factory=lambda: [ConvBlock(filters=32), ConvBlock(filters=64)], min_length=1
-    )
+    conv_blocks: list[ConvBlock] = Field(default_factory=lambda: [ConvBlock(filters=32), ConvBlock(filters=64)], min_length=1)
     padding: Literal["same", "valid"] = "valid"  # 'same' keeps the feature map size through each conv (2.1x the work)
     dense: list[int] = Field(default_factory=lambda: [1024])  # hidden dense widths, in order
     dropout: float = 0.5  # rate before the output layer; 0 disables it
@@ -134,17 +132,13 @@ class ModelConfig(_Section):
         size = IMAGE_SIZE
         for i, block in enumerate(self.conv_blocks):
             if block.kernel_size > size:
-                raise ValueError(
-                    f"conv_blocks.{i}.kernel_size: {block.kernel_size} is larger than the "
-                    f"{size}x{size} feature map it sees; use at most {size}"
-                )
+                raise ValueError(f"conv_blocks.{i}.kernel_size: {block.kernel_size} is larger than the "
+                                 f"{size}x{size} feature map it sees; use at most {size}")
             if self.padding == "valid":
                 size = size - block.kernel_size + 1
             if block.pool_size > size:
-                raise ValueError(
-                    f"conv_blocks.{i}.pool_size: {block.pool_size} is larger than the "
-                    f"{size}x{size} feature map it sees; use at most {size}"
-                )
+                raise ValueError(f"conv_blocks.{i}.pool_size: {block.pool_size} is larger than the "
+                                 f"{size}x{size} feature map it sees; use at most {size}")
             size //= block.pool_size
         return self
 
@@ -231,7 +225,7 @@ def set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
             index: Any = int(part)
         elif isinstance(node, dict):
             if part not in node:
-                raise ConfigError(f"{where}: unknown key '{here}'{_did_you_mean(part, node)}")
+                raise ConfigError(f"{where}: unknown key '{here}'{did_you_mean(part, node)}")
             index = part
         else:
             raise ConfigError(f"{where}: '{'.'.join(parts[:depth])}' is a value, it has no key '{part}'")
@@ -247,7 +241,7 @@ def get_dotted(tree: Any, key: str) -> Any:
     return tree
 
 
-def _did_you_mean(key: str, known: Any) -> str:
+def did_you_mean(key: str, known: Any) -> str:
     close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
     allowed = ", ".join(str(k) for k in known)
     return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {allowed})"
@@ -325,18 +319,25 @@ def _unknown_keys(diff: Any, known: Any, prefix: str = "") -> str | None:
     for key, value in diff.items():
         here = f"{prefix}{key}"
         if key not in known:
-            return f"unknown key '{here}'{_did_you_mean(str(key), known)}"
+            return f"unknown key '{here}'{did_you_mean(str(key), known)}"
         found = _unknown_keys(value, known[key], here + ".")
         if found:
             return found
     return None
 
 
+def first_error(error: ValidationError, skip: tuple[str, ...] = ()) -> tuple[str, str, dict]:
+    """(dotted key, message, pydantic's error) of the error to show, for configs and space files alike.
+    An unknown key comes first: a misspelt key also leaves the real one missing, and the misspelling
+    is the news. `skip`: pydantic's own location parts (union members), which no person wrote."""
+    first = min(error.errors(), key=lambda err: err["type"] != "extra_forbidden")
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(skip))
+    return loc, first["msg"].removeprefix("Value error, "), first
+
+
 def _describe(error: ValidationError) -> tuple[str, str]:
     """(dotted key, what is wrong with it) of the first error."""
-    first = error.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
+    loc, msg, first = first_error(error)
     if first["type"] == "extra_forbidden":
         return loc, "unknown key"
     got = first.get("input")

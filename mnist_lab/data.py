@@ -139,12 +139,18 @@ def load_split(config: DataConfig, folder: str | Path | None = None) -> Split:
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=config.validation_count(), stratify=y, random_state=config.seed
     )
-    if config.train_size is not None and config.train_size < len(x_train):
+    if config.train_size is not None:
         # Stratified too, so a 2,000-image smoke run still sees every digit in proportion.
-        x_train, _, y_train, _ = train_test_split(
-            x_train, y_train, train_size=config.train_size, stratify=y_train, random_state=config.seed
-        )
+        x_train, y_train = stratified_subset(x_train, y_train, config.train_size, config.seed)
     return Split(x_train, y_train.astype(np.int64), x_val, y_val.astype(np.int64), digest)
+
+
+def stratified_subset(x: np.ndarray, y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`size` of the images (all of them if there are no more), each digit in its share."""
+    if size >= len(y):
+        return x, y
+    x_sub, _, y_sub, _ = train_test_split(x, y, train_size=size, stratify=y, random_state=seed)
+    return x_sub, y_sub
 
 
 def load_test(folder: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:

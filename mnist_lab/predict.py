@@ -198,12 +198,11 @@ def normalise_strokes(ink: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray((work * 255).astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32) / 255
 
 
-def default_model_uri() -> str:
+def default_model_uri(experiment_id: str) -> str:
     """The registered champion, else the newest model logged by a finished training run."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    experiment_id = tracking.setup()
     client = MlflowClient()
     try:
         client.get_model_version_by_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS)
@@ -233,8 +232,8 @@ def load_model(uri: str | None):
             return keras.saving.load_model(uri)
         except Exception as e:  # Keras raises ValueError, OSError, zipfile errors...
             raise MnistLabError(f"--model {uri}: not a loadable Keras model ({type(e).__name__})") from None
-    tracking.setup()
-    uri = uri or default_model_uri()
+    experiment_id = tracking.setup()
+    uri = uri or default_model_uri(experiment_id)
     try:
         return mlflow.keras.load_model(uri)
     except (MlflowException, OSError) as e:

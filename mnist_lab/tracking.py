@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,10 @@ def check_store() -> None:
 
 
 def setup(experiment: str | None = None) -> str:
-    """Point MLflow at the store and experiment; returns the experiment id. Safe to call again."""
+    """Point MLflow at the store and experiment; returns the experiment id.
+
+    Called once by each command (and by each worker process of a sweep); everything after it
+    runs on MLflow's active experiment, or reads the experiment id off the runs it holds."""
     # Per-file download bars when loading a model are noise between our own output lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow announces creating and migrating its tables on stderr; that is not news to a person.
@@ -114,11 +118,16 @@ def setup(experiment: str | None = None) -> str:
     else:
         uri, artifact_location = default_store()
     mlflow.set_tracking_uri(uri)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    if (uri, name) in _experiments:
-        # Once per process and store: a sweep calls this for every trial.
-        mlflow.set_experiment(experiment_id=_experiments[uri, name])
-        return _experiments[uri, name]
+    experiment_id = open_experiment(uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
+                                    artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@lru_cache(maxsize=None)
+def open_experiment(uri: str, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, the store checked and the experiment created on first use (once per
+    process and store: the checks cost a second against a tracking server)."""
     check_store()
     try:
         if uri.startswith("sqlite:///"):
@@ -126,21 +135,58 @@ def setup(experiment: str | None = None) -> str:
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location,
-                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                return mlflow.create_experiment(name, artifact_location=artifact_location,
+                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException:
                 # Another worker created it between our look-up and create: use theirs.
-                experiment_id = mlflow.get_experiment_by_name(name).experiment_id
-        else:
-            experiment_id = found.experiment_id
-            if not found.tags.get(EXPERIMENT_KIND_TAG):  # made by an older mnist-lab, or by hand
-                mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                return mlflow.get_experiment_by_name(name).experiment_id
+        if not found.tags.get(EXPERIMENT_KIND_TAG):  # made by an older mnist-lab, or by hand
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return found.experiment_id
     except MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistLabError(f"tracking store {redact(uri)}: {redact(first)[:200]}") from None
-    mlflow.set_experiment(experiment_id=experiment_id)
-    _experiments[uri, name] = experiment_id
-    return experiment_id
+
+
+def latest_study(client, experiment_id: str) -> str:
+    """The name of the study whose run started last."""
+    parents = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study'", order_by=["attributes.start_time DESC"],
+                                 max_results=1)
+    if not parents:
+        raise MnistLabError("no study in the MLflow store yet: run `make sweep` first")
+    return parents[0].data.tags["study"]
+
+
+def study_run(client, experiment_id: str, name: str):
+    """The study's own MLflow run (the newest, if a name was reused)."""
+    parents = client.search_runs([experiment_id], f"tags.`mnist_lab.kind` = 'study' and tags.study = '{name}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        known = sorted({r.data.tags["study"] for r in client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study'")})
+        raise MnistLabError(f"--study {name}: no such study in the MLflow store (known: {', '.join(known) or 'none'})")
+    return parents[0]
+
+
+def worker_id(pid: int | None = None) -> str:
+    """host:pid of this process (or of its child `pid`): written on every trial and confirmation run it starts."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def worker_is_dead(worker: str | None) -> bool:
+    """True only for a worker on this machine whose process is gone (SIGKILL, OOM, power cut).
+
+    What it left RUNNING can be ended at once instead of after the heartbeat grace period;
+    workers on other machines are judged by their heartbeats alone."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def ui_url() -> str:
@@ -191,9 +237,6 @@ def _init_mlflow_db(uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     SqlAlchemyStore(uri, default_store()[1]).engine.dispose()
-
-
-_experiments: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, set up in this process
 
 
 @lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ import mlflow.keras
 import numpy as np
 import yaml
 
-from mnist_lab import data, figures, tracking
+from mnist_lab import data, plots, tracking
 from mnist_lab.config import Config, MnistLabError
 from mnist_lab.model import build_model
 
@@ -238,16 +238,9 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
                 monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
             )
         )
-    history = model.fit(
-        x_train,
-        y_train_fit,
-        batch_size=config.train.batch_size,
-        epochs=config.train.epochs,
-        initial_epoch=initial_epoch,
-        validation_data=(x_val, y_val_fit),
-        callbacks=fit_callbacks,
-        verbose=verbose,
-    ).history
+    history = model.fit(x_train, y_train_fit, batch_size=config.train.batch_size, epochs=config.train.epochs,
+                        initial_epoch=initial_epoch, validation_data=(x_val, y_val_fit), callbacks=fit_callbacks,
+                        verbose=verbose).history
 
     losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
@@ -266,15 +259,9 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
         probs = y_pred = None
         val_accuracy, val_loss = history["val_accuracy"][-1], history["val_loss"][-1]
     best = int(np.argmax(history["val_accuracy"]))
-    mlflow.log_metrics(
-        {
-            "best_val_accuracy": history["val_accuracy"][best],
-            "best_epoch": initial_epoch + best + 1,
-            "final_val_accuracy": float(val_accuracy),
-            "final_val_loss": float(val_loss),
-            "train_seconds": logger.train_seconds,
-        }
-    )
+    mlflow.log_metrics({"best_val_accuracy": history["val_accuracy"][best], "best_epoch": initial_epoch + best + 1,
+                        "final_val_accuracy": float(val_accuracy), "final_val_loss": float(val_loss),
+                        "train_seconds": logger.train_seconds})
 
     result = TrainResult(
         run_id=run_id,
@@ -341,13 +328,13 @@ def evaluate_test_set(model: keras.Model, run_id: str, data_dir: str | Path | No
 def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pred: np.ndarray, probs: np.ndarray,
                    with_plots: bool = True) -> None:
     drawn = {} if not with_plots else {
-        "learning_curves.png": figures.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
-        "confusion_matrix.png": figures.confusion_matrix(split.y_val, y_pred),
-        "misclassified.png": figures.misclassified_grid(split.x_val, split.y_val, y_pred, probs),
+        "learning_curves.png": plots.learning_curves(result.history, title=f"val_accuracy {result.val_accuracy:.4f}"),
+        "confusion_matrix.png": plots.confusion_matrix(split.y_val, y_pred),
+        "misclassified.png": plots.misclassified_grid(split.x_val, split.y_val, y_pred, probs),
     }
     for name, figure in drawn.items():
         mlflow.log_figure(figure, f"plots/{name}")
-        figures.plt.close(figure)
+        plots.plt.close(figure)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         (Path(tmp) / "requirements.txt").write_text(tracking.pip_freeze())

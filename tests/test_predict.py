@@ -168,12 +168,12 @@ def test_default_model_is_the_champion_else_the_newest_run(store, test_digits, c
     digit = save_png(test_digits[0][0], store / "seven.png")
     assert main(["predict", str(digit)]) == 2  # nothing trained yet
     assert "no model to predict with" in capsys.readouterr().err
-    tracking.setup()
+    experiment_id = tracking.setup()
     first = train(load_config(None, ["data.train_size=2000", "data.validation_size=500", "train.epochs=1"]))
-    assert default_model_uri().startswith("models:/m-")  # the newest logged model
+    assert default_model_uri(experiment_id).startswith("models:/m-")  # the newest logged model
     version = mlflow.register_model(f"runs:/{first.run_id}/model", tracking.MODEL_NAME)
     MlflowClient().set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, version.version)
-    assert default_model_uri() == "models:/mnist-cnn@champion"
+    assert default_model_uri(experiment_id) == "models:/mnist-cnn@champion"
     capsys.readouterr()
     assert main(["predict", str(digit)]) == 0
     assert capsys.readouterr().out.startswith(f"{digit}: 7")

@@ -3,7 +3,8 @@
 import pytest
 
 from mnist_lab.config import Config
-from mnist_lab.study import ALPHA, Contender, judge, welch_greater
+from mnist_lab.champion import Contender, judge
+from mnist_lab.stats import ALPHA, welch_greater
 
 SPLIT = ("sha256:abc", "5000", "0")
 
@@ -63,8 +64,8 @@ def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit
 
     import optuna
 
-    from mnist_lab.space import load_space
-    from mnist_lab.sweep import confirmation_seconds, search_time_left
+    from mnist_lab.sweep.budget import confirmation_seconds, search_time_left
+    from mnist_lab.sweep.space import load_space
 
     space_file = tmp_path / "s.yaml"
     space_file.write_text("params: {train.epochs: {low: 1, high: 3}}\nconfirm: {top: 2, seeds: 3, reserve: 0.05}\n"
@@ -89,7 +90,7 @@ def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit
 def test_the_report_judges_a_trial_against_an_incumbent_by_the_sweeps_gate():
     import numpy as np
 
-    from mnist_lab.analysis import compare_seeds
+    from mnist_lab.report.analysis import compare_seeds
 
     # The seeds of `make sweep` at 4c73b2a: one-sided p = 0.026 crowned trial 7, two-sided p = 0.052.
     trial, baseline = [0.9928, 0.9938, 0.9926], [0.9914, 0.9914, 0.9894]

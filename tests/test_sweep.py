@@ -1,5 +1,6 @@
 """Sweeps end to end: real Optuna storages, a real MLflow store, the real CLI, real MNIST."""
 
+import json
 import os
 import subprocess
 from collections import Counter
@@ -12,8 +13,8 @@ from mlflow import MlflowClient
 from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.config import ConfigError
-from mnist_lab.space import load_space
-from mnist_lab.sweep import REPORTS_PER_EPOCH
+from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH
+from mnist_lab.sweep.space import load_space
 
 from conftest import REPO
 
@@ -223,16 +224,19 @@ def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path
     assert all(MlflowClient().get_run(r).data.metrics["latency_ms"] > 0 for r in front_runs)
 
 
-def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
+def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path, capsys):
     # Trial 0 is the base config (learning rate 1e-3); the grid then tries 1e-3 and 1e-6 (which learns
     # nothing) in either order. Successive halving compares each against the trials before it after a
     # quarter epoch of images, on the validation slice.
     space = tmp_path / "hopeless.yaml"
     space.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
-                     "fixed: {data.train_size: 2000, data.validation_size: 500, train.epochs: 2}\n"
+                     "fixed: {data.validation_size: 500, train.epochs: 2}\n"
                      "sampler: grid\npruner: sha\nbudget: {n_trials: 3}\nconfirm: {top: 1, seeds: 2}\n"
                      "params: {train.learning_rate: {choices: [0.001, 1.0e-6]}}\n")
-    assert main(["sweep", str(space)]) == 0
+    # The training set is cut on the command line, not in the space: the pruner's rungs and the live
+    # display count epochs of these 2,000 images (with the default 55,000 the first rung, 6,875 images,
+    # would lie beyond this whole 4,000-image run, and nothing would be pruned).
+    assert main(["sweep", str(space), "data.train_size=2000"]) == 0
     study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "hopeless-optuna")
     good = study.trials[0]
     hopeless = next(t for t in study.trials if t.params["train.learning_rate"] == 1e-6)
@@ -241,6 +245,7 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
     # at least 4 reports per epoch: the good trial's steps are images seen, 3 within each epoch
     assert len(good.intermediate_values) >= 8 and max(good.intermediate_values) == 4000
     assert min(hopeless.intermediate_values) < 2000  # it was stopped inside its first epoch
+    assert f"pruned at epoch {hopeless.last_step / 2000:.2f}" in capsys.readouterr().err
     run = MlflowClient().get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and int(run.data.tags["pruned_at_images"]) < 2000
     assert run.info.run_name == f"hopeless-optuna-trial-{hopeless.number}-pruned"
@@ -256,14 +261,16 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path):
 @pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"), ("random", "sha"), ("random", "sha-pooled"),
                                             ("qmc", "none"), ("grid", "none")])
 def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
-    from mnist_lab.sweep import make_pruner, make_sampler
+    from mnist_lab.sweep.optuna_study import make_sampler
+    from mnist_lab.sweep.pruning import make_pruner
 
     params = "{model.dropout: {choices: [0.1, 0.5]}, train.epochs: {choices: [1, 4]}}"
     path = tmp_path / "s.yaml"
     path.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\nsampler: {sampler}\npruner: {pruner}\nparams: {params}\n")
     space = load_space(path)
     assert type(make_sampler(space)).__name__.lower().startswith(sampler[:3])
-    built = make_pruner(space)
+    base = space.config_for({})
+    built = make_pruner(space.space.pruner, base, space.max_epochs(base))
     assert {"median": "MedianPruner", "hyperband": "HyperbandPruner", "sha": "ScheduleAwareHalving",
             "sha-pooled": "SuccessiveHalvingPruner", "none": "NopPruner"}[pruner] == type(built).__name__
     if pruner == "hyperband":
@@ -274,7 +281,7 @@ def test_every_sampler_and_pruner_can_be_built(tmp_path, sampler, pruner):
 def test_halving_ranks_an_annealed_trial_only_against_trials_at_the_same_point_of_its_schedule(tmp_path):
     """The measured failure (study of 4c73b2a): a one-cycle trial, still warming up in its first
     epoch, scored below the constant-rate trials there and was pruned before its rate decayed."""
-    from mnist_lab.pruning import RUN_ATTR, SCHEDULE_ATTR, ScheduleAwareHalving
+    from mnist_lab.sweep.pruning import RUN_ATTR, SCHEDULE_ATTR, ScheduleAwareHalving
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     epoch = 55_000
@@ -346,3 +353,18 @@ def test_keras_tuner_hyperband_continues_promoted_trials_instead_of_retraining(s
         assert steps == list(range(start + 1, int(run.data.params["train.epochs"]) + 1))  # only the new epochs trained
         source = [r for r in runs if r.data.tags["trial_number"] == run.data.tags["resumed_from_trial"]]
         assert len(source) == 1 and source[0].data.params["model.dense"] == run.data.params["model.dense"]
+
+
+def test_the_same_seeded_study_twice_gives_the_same_record(tmp_path, mnist_dir):
+    """A seeded study is reproducible on one machine, digit for digit: every trial's parameters,
+    state and value, the confirmation's seed scores, the verdict and the test accuracy
+    (benchmarks/study_record.py; a refactor of the sweep is checked with the same script)."""
+    records = []
+    for i in (1, 2):
+        out = tmp_path / f"record-{i}.json"
+        subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "benchmarks" / "study_record.py"), "--out", str(out),
+                        "--", "--n-trials", "2", "data.train_size=500", "data.validation_size=200"],
+                       check=True, capture_output=True, timeout=300)
+        records.append(json.loads(out.read_text()))
+    assert records[0] == records[1]
+    assert len(records[0]["trials"]) == 2 and records[0]["confirmation_seeds"] and records[0]["test_accuracy"]

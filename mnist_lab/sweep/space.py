@@ -20,13 +20,12 @@ values; everything else works with plain dicts and Config.
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mnist_lab.config import Config, ConfigError, build_config, get_dotted, read_yaml, set_dotted
+from mnist_lab.config import Config, ConfigError, build_config, did_you_mean, first_error, get_dotted, read_yaml, set_dotted
 
 # What a trial can be judged by, and which way is better by default.
 METRICS = {
@@ -141,10 +140,7 @@ class Space(_Strict):
                 out[key] = kind.model_validate(spec)
             except ValidationError as e:
                 # Validated here, one key at a time, so the message can say which key is wrong.
-                # A misspelt key also leaves the real one missing: the misspelling is the news.
-                first = min(e.errors(), key=lambda err: err["type"] != "extra_forbidden")
-                field = ".".join(str(p) for p in first["loc"])
-                what = first["msg"].removeprefix("Value error, ")
+                field, what, first = first_error(e)
                 if first["type"] == "extra_forbidden":
                     allowed = ", ".join(kind.model_fields)
                     raise ValueError(f"{key}: unknown key '{field}' (allowed: {allowed})") from None
@@ -170,6 +166,13 @@ class LoadedSpace:
         return build_config(self.base_diff, {**self.space.fixed, **(overrides or {}), **values}, where=str(self.path),
                             override_where=f"{self.path} trial" if values else "command line")
 
+    def max_epochs(self, base: Config) -> int:
+        """The most epochs a trial can train: the searched range's top, else the base config's."""
+        p = self.space.params.get("train.epochs")
+        if p is None:
+            return base.train.epochs
+        return int(max(p.choices) if isinstance(p, ChoiceParam) else p.high)
+
     def baseline_values(self) -> dict[str, Any]:
         """The base config's value of each searched key, when it lies inside the space."""
         tree = build_config(self.base_diff, self.space.fixed).model_dump()
@@ -191,14 +194,11 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
     try:
         space = Space.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "IntParam", "FloatParam", "ChoiceParam")))
+        loc, what, first = first_error(e, skip=("function-", "IntParam", "FloatParam", "ChoiceParam"))
         if first["type"] == "extra_forbidden":
             known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "max_consecutive_failures", "top", "seeds", "reserve"]
-            close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(known)})"
-            raise ConfigError(f"{path}: unknown key '{loc}'{hint}") from None
-        raise ConfigError(f"{path}: {loc}: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(f"{path}: unknown key '{loc}'{did_you_mean(str(first['loc'][-1]), known)}") from None
+        raise ConfigError(f"{path}: {loc}: {what}") from None
     base_diff = read_yaml(path.parent / space.base) if space.base else {}
     defaults = build_config(base_diff, where=str(path.parent / space.base) if space.base else str(path)).model_dump()
     for section, keys in (("fixed", space.fixed), ("params", space.params)):
@@ -223,9 +223,8 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
         try:
             budget = Budget.model_validate(space.budget.model_dump() | update)
         except ValidationError as e:
-            first = e.errors()[0]
-            flag = "--" + str(first["loc"][0]).replace("_", "-")
-            raise ConfigError(f"{flag} {first['input']}: {first['msg'].lower()}") from None
+            loc, what, first = first_error(e)
+            raise ConfigError(f"--{loc.replace('_', '-')} {first['input']}: {what.lower()}") from None
         space = space.model_copy(update={"budget": budget})
     return LoadedSpace(path, space, base_diff, path.read_text())
 
@@ -233,25 +232,41 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
 # --- adapters: the only places that see Optuna's trial or KerasTuner's hp -------------------
 
 
+def distributions(space: Space) -> dict[str, Any]:
+    """Each searched key as an Optuna distribution: the one mapping from the space file's ranges,
+    which both engines' adapters and the report's importance analysis read."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, p in space.params.items():
+        if isinstance(p, ChoiceParam):
+            out[key] = CategoricalDistribution(p.choices)
+        elif isinstance(p, IntParam):
+            out[key] = IntDistribution(p.low, p.high, step=p.step, log=p.log)
+        else:
+            out[key] = FloatDistribution(p.low, p.high, step=p.step, log=p.log)
+    return out
+
+
 def suggest_optuna(trial, space: Space) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     values = {}
-    for key, p in space.params.items():
-        if isinstance(p, ChoiceParam):
-            values[key] = trial.suggest_categorical(key, p.choices)
-        elif isinstance(p, IntParam):
-            values[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+    for key, d in distributions(space).items():
+        if isinstance(d, CategoricalDistribution):
+            values[key] = trial.suggest_categorical(key, d.choices)
         else:
-            values[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+            suggest = trial.suggest_int if isinstance(d, IntDistribution) else trial.suggest_float
+            values[key] = suggest(key, d.low, d.high, step=d.step, log=d.log)
     return values
 
 
-def declare_keras_tuner(hp, space: Space) -> dict[str, Any]:
-    values = {}
-    for key, p in space.params.items():
-        if isinstance(p, ChoiceParam):
-            values[key] = hp.Choice(key, p.choices)
-        elif isinstance(p, IntParam):
-            values[key] = hp.Int(key, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
+def declare_keras_tuner(hp, space: Space) -> None:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    for key, d in distributions(space).items():
+        if isinstance(d, CategoricalDistribution):
+            hp.Choice(key, list(d.choices))
         else:
-            values[key] = hp.Float(key, p.low, p.high, step=p.step, sampling="log" if p.log else "linear")
-    return values
+            declare = hp.Int if isinstance(d, IntDistribution) else hp.Float
+            declare(key, d.low, d.high, step=d.step, sampling="log" if d.log else "linear")

@@ -6,16 +6,15 @@ Nothing here reads MLflow or draws; `figures` draws, `report` assembles the page
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mnist_lab.runs import Study
-from mnist_lab.space import ChoiceParam
-from mnist_lab.study import ALPHA, is_incumbent, welch_greater
+from mnist_lab.report.runs import Study
+from mnist_lab.stats import ALPHA, is_incumbent, mean_ci, welch_greater, welch_two_sided
+from mnist_lab.sweep.space import ChoiceParam, distributions
 
 UNJUDGED = ("too short to tell", "no epochs")  # verdicts that judge nothing
 MIN_TREND_POINTS = 8  # fewer points get no fitted trend line
@@ -101,16 +100,10 @@ def importances(study: Study) -> dict[str, float]:
     complete = study.runs[study.runs.state == "COMPLETE"].dropna(subset=[f"metrics.{study.objective}"])
     if not study.space or len(complete) < 4:
         return {}
-    from mnist_lab.space import FloatParam, IntParam
-
-    dists = {}
-    for key, p in study.space.params.items():
-        if isinstance(p, ChoiceParam):
-            dists[key] = optuna.distributions.CategoricalDistribution([str(c) for c in p.choices])
-        elif isinstance(p, IntParam):
-            dists[key] = optuna.distributions.IntDistribution(p.low, p.high, step=p.step, log=p.log)
-        elif isinstance(p, FloatParam):
-            dists[key] = optuna.distributions.FloatDistribution(p.low, p.high, step=p.step, log=p.log)
+    # MLflow holds params as text: a choice is matched by its text, and the analysis sees the text.
+    dists = {key: optuna.distributions.CategoricalDistribution([str(c) for c in d.choices])
+             if isinstance(d, optuna.distributions.CategoricalDistribution) else d
+             for key, d in distributions(study.space).items()}
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     memory = optuna.create_study(direction="maximize" if study.maximize else "minimize")
     trials = []
@@ -136,10 +129,9 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Mean ± 95% CI per confirmed configuration, Welch's t-tests between them, plain verdicts.
 
     A configuration's seeds are its confirmation runs and its trial's own run, as in the
-    sweep's verdict (which counts the trial's run as the first seed).
+    sweep's verdict (which counts the trial's run as the first seed). Test accuracy is the
+    configuration's one test evaluation, on its trial's run, where one was made.
     """
-    from scipy import stats
-
     c = study.confirm
     if c.empty or "tags.source_run_id" not in c:
         return pd.DataFrame(), pd.DataFrame(), []
@@ -157,17 +149,15 @@ def confirmation(study: Study) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         if source in trials.index and trials.loc[source].get("metrics.val_accuracy") == trials.loc[source].get("metrics.val_accuracy"):
             # The trial's own run is a seed too (its train.seed, 0 unless the space sets it).
             val.setdefault(int(float(trials.loc[source].get("params.train.seed", 0) or 0)), float(trials.loc[source, "metrics.val_accuracy"]))
-        test = g.get("metrics.test_accuracy", pd.Series(dtype=float)).dropna().to_numpy()
+        test = trials.loc[source].get("metrics.test_accuracy") if source in trials.index else None
         sweep_score = trials.loc[source].get("metrics.val_accuracy") if source in trials.index else None
         row = {"configuration": label, "seeds": len(val),
                "sweep val_accuracy": f"{sweep_score:.4f}" if sweep_score == sweep_score and sweep_score is not None else ""}
         sweep_scores[order] = sweep_score if sweep_score == sweep_score else None
-        for metric, x in (("val_accuracy", np.asarray(list(val.values()), dtype=float)), ("test_accuracy", test)):
-            if metric == "test_accuracy" and not len(x):
-                continue  # the sweep's confirmation runs are scored on validation only
-            mean = x.mean() if len(x) else float("nan")
-            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
-            row[metric] = f"{mean:.4f} ± {half:.4f}" if len(x) > 1 else f"{mean:.4f}"
+        mean, half = mean_ci(np.asarray(list(val.values()), dtype=float))
+        row["val_accuracy"] = f"{mean:.4f} ± {half:.4f}" if len(val) > 1 else f"{mean:.4f}"
+        if test is not None and test == test:
+            row["test_accuracy"] = f"{test:.4f}"
         samples[order], labels[order] = np.asarray(list(val.values()), dtype=float), label
         rows.append(row)
     tests, verdicts = [], []
@@ -196,11 +186,7 @@ def compare_seeds(label_a: str, a: np.ndarray, label_b: str, b: np.ndarray) -> t
     question asked beforehand is "is the trial better?"), so the report never contradicts the crowning;
     two trials, with no side chosen beforehand, by the two-sided test.
     """
-    from scipy import stats
-
-    with warnings.catch_warnings():  # identical seed scores: scipy warns, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        t, p = stats.ttest_ind(a, b, equal_var=False)
+    t, p = welch_two_sided(a, b)
     diff = a.mean() - b.mean()
     row = {"pair": f"{label_a} vs {label_b}", "difference in val_accuracy": f"{diff:+.4f}", "Welch t": f"{t:.2f}",
            "p (two-sided)": f"{p:.3g}", "p (one-sided, the sweep's gate)": ""}

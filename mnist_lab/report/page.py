@@ -5,7 +5,7 @@
     mnist-lab report --runs RUN_ID RUN_ID ...
 
 Page assembly only: `runs` reads the study from MLflow into pandas, `analysis` says what the
-runs show, `figures` draws them; this module puts them on reports/<study>/index.html
+runs show, `figures` draws them (all in mnist_lab/report/); this module puts them on reports/<study>/index.html
 (self-contained: images embedded), report.md and runs.csv, and logs those on the study's parent
 run. Sections: summary, leaderboard, learning curves, overfitting checks, hyperparameter
 effects, studies side by side, confirmation over seeds.
@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_lab import analysis, figures, tracking
-from mnist_lab.analysis import MIN_IMPORTANCE_TRIALS, UNJUDGED
-from mnist_lab.runs import Study, latest_study, load_runs, load_study
-from mnist_lab.study import report_line
+from mnist_lab import tracking
+from mnist_lab.config import MnistLabError
+from mnist_lab.report import analysis, figures
+from mnist_lab.report.analysis import MIN_IMPORTANCE_TRIALS, UNJUDGED
+from mnist_lab.report.runs import Study, load_runs, load_study
+from mnist_lab.sweep.records import report_line
 
 TOP_CURVES = 5  # trials overlaid in the learning-curve plot
 GRID_CURVES = 24  # trials in the small-multiples grid
@@ -82,7 +84,7 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
             "axis": figures.axis_plots(s), "importance": analysis.importances(s), "parallel": figures.parallel_coordinates(s), "pareto": figures.pareto_plot(s),
             "confirm": conf_table, "confirm_tests": conf_tests, "confirm_verdicts": conf_verdicts,
         })
-    env = Environment(loader=PackageLoader("mnist_lab"), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=PackageLoader("mnist_lab.report"), autoescape=select_autoescape(["html"]))
     context = {"title": " vs ".join(s.name for s in studies), "sections": sections, "compare": figures.compare_plot(studies),
                "ui_url": tracking.ui_url()}
     paths = {"html": out_dir / "index.html", "md": out_dir / "report.md", "csv": out_dir / "runs.csv"}
@@ -113,12 +115,14 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
 
     experiment_id = tracking.setup()
     client = MlflowClient()
-    experiments = [experiment_id]
     if run_ids:
         studies = [load_runs(client, run_ids)]
     else:
-        names = study_names or [latest_study(client, experiments)]
-        studies = [load_study(client, experiments, n) for n in names]
+        try:
+            names = study_names or [tracking.latest_study(client, experiment_id)]
+        except MnistLabError as e:
+            raise MnistLabError(f"{e} (or pass --runs RUN_ID ...)") from None
+        studies = [load_study(client, experiment_id, n) for n in names]
     out_dir = Path(out or "reports") / "-vs-".join(s.name for s in studies)
     paths = build(studies, out_dir)
     parent = studies[0].parent

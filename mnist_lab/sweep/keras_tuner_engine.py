@@ -14,10 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnist_lab import study as studies
-from mnist_lab import tracking
+from mnist_lab import champion, tracking
 from mnist_lab.config import ConfigError, Interrupted, MnistLabError
-from mnist_lab.space import LoadedSpace, declare_keras_tuner
+from mnist_lab.sweep import records
+from mnist_lab.sweep.display import verdict_lines
+from mnist_lab.sweep.records import StudySetup
+from mnist_lab.sweep.objective import objective_value
+from mnist_lab.sweep.space import LoadedSpace, declare_keras_tuner
 
 
 def algorithm(space: LoadedSpace) -> str:
@@ -27,28 +30,28 @@ def algorithm(space: LoadedSpace) -> str:
     return "hyperband" if s.pruner == "hyperband" else "random" if s.sampler == "random" else "bayesian"
 
 
-def previous_model(client, study_name: str, number: int):
+def previous_model(client, setup: StudySetup, number: int):
     """The model a Hyperband trial continues: the one logged by trial `number` of this study."""
     import mlflow.keras
 
-    runs = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.trial_number = '{number}' "
+    study_name = setup.name
+    runs = client.search_runs([setup.experiment_id], f"tags.study = '{study_name}' and tags.trial_number = '{number}' "
                               "and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE'", max_results=1)
     if not runs:
         raise MnistLabError(f"study {study_name}: Hyperband continues trial {number}, whose model is not in the MLflow store")
     return mlflow.keras.load_model(tracking.model_uri(runs[0].info.run_id))
 
 
-def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[str, Any]:
+def run(setup: StudySetup) -> dict[str, Any]:
     import keras_tuner as kt
     from mlflow import MlflowClient
 
     from mnist_lab.train import train
 
+    space, study_name = setup.space, setup.name
     s = space.space
     if s.multi_objective:
         raise MnistLabError(f"{space.path}: the keras-tuner engine optimises one objective; use --engine optuna for several")
-    if request.workers != 1 or request.storage:
-        raise MnistLabError("--workers and --storage are for the optuna engine; KerasTuner runs one worker here")
     objective = s.objective[0]
     algo = algorithm(space)
     project = Path("mlruns") / "keras_tuner" / study_name
@@ -56,13 +59,12 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     parent_file, uri_file = project / "mlflow_parent_run_id", project / "mlflow_tracking_uri"
     if parent_file.exists():
         parent_run_id = parent_file.read_text().strip()
-        studies.check_parent_run(client, parent_run_id, study_name, uri_file.read_text().strip() if uri_file.exists() else None,
+        records.check_parent_run(client, parent_run_id, study_name, uri_file.read_text().strip() if uri_file.exists() else None,
                                  f"--study NAME (or remove {project}/)")
         client.update_run(parent_run_id, status="RUNNING")
-        studies.end_dead_runs(client, study_name, parent_run_id)
+        records.end_dead_runs(client, setup, parent_run_id)
     else:
-        parent_run_id = studies.create_parent_run(space, study_name, engine="keras-tuner")
-        client.set_tag(parent_run_id, "sampler", algo)
+        parent_run_id = records.create_parent_run(setup, "keras-tuner", sampler=algo)
         project.mkdir(parents=True, exist_ok=True)
         uri_file.write_text(tracking.redact(tracking.current_uri()))
         parent_file.write_text(parent_run_id)
@@ -70,10 +72,7 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
     hp = kt.HyperParameters()
     declare_keras_tuner(hp, s)
     epochs_key = "train.epochs"
-    max_epochs = space.config_for({}, overrides).train.epochs
-    if epochs_key in s.params:
-        p = s.params[epochs_key]
-        max_epochs = getattr(p, "high", None) or max(p.choices)
+    max_epochs = space.max_epochs(setup.base)
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[algo]
     budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials}
     printed = []
@@ -84,12 +83,12 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
             if algo == "hyperband":
                 values[epochs_key] = trial.hyperparameters.get("tuner/epochs")  # Hyperband owns the epoch budget
             number = int(trial.trial_id)
-            tags = studies.trial_tags(study_name, number, "keras-tuner")
+            tags = records.trial_tags(study_name, number, "keras-tuner")
             try:
-                config = space.config_for(values, overrides)
+                config = setup.config_for(values)
             except ConfigError as e:
                 reason = str(e).split(": ", 1)[-1]
-                studies.record_impossible(client, parent_run_id, tags, values, reason)
+                records.record_impossible(client, setup, parent_run_id, tags, values, reason)
                 printed.append(f"trial {number:>3} FAIL     {reason}")
                 raise kt.errors.FailedTrialError(reason) from None
             warm_start = None
@@ -97,17 +96,17 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
             if algo == "hyperband" and previous is not None:
                 # Hyperband promotes a configuration to more epochs: continue the run it promotes
                 # (its model is in MLflow) from `tuner/initial_epoch`, instead of starting again.
-                warm_start = (previous_model(client, study_name, int(previous)),
+                warm_start = (previous_model(client, setup, int(previous)),
                               int(trial.hyperparameters.get("tuner/initial_epoch")))
                 tags["resumed_from_trial"] = str(int(previous))
             try:
-                result = train(config, data_dir=request.data_dir, run_name=studies.trial_run_name(study_name, number), tags=tags,
+                result = train(config, data_dir=setup.data_dir, run_name=records.trial_run_name(study_name, number), tags=tags,
                                parent_run_id=parent_run_id, progress=False, warm_start=warm_start)
             except Exception as e:
                 printed.append(f"trial {number:>3} FAIL     {e}")
                 raise kt.errors.FailedTrialError(str(e)) from None
             client.set_tag(result.run_id, "state", "COMPLETE")
-            value = studies.objective_value(result, objective.metric)
+            value = objective_value(result, objective.metric)
             print(f"trial {number:>3} COMPLETE {objective.metric} {value:.4f} ({result.train_seconds:.0f} s) "
                   + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in values.items()), flush=True)
             return {objective.metric: value}
@@ -133,42 +132,32 @@ def run(space: LoadedSpace, study_name: str, overrides: dict, request) -> dict[s
                       f"budget.max_consecutive_failures (the last: {str(e).splitlines()[-1][:200]}); fix the space and run again")
     except KeyboardInterrupt:
         # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
-        studies.end_interrupted(client, study_name, parent_run_id, {studies.worker_id()})
+        records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
         raise Interrupted(f"stopped cleanly; resume with: {tracking.command_line()}") from None
     for line in printed:
         print(line)
 
-    runs = client.search_runs(
-        [tracking.setup()],
-        f"tags.study = '{study_name}' and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE'",
-        order_by=[f"metrics.{objective.metric} {'DESC' if objective.way == 'maximize' else 'ASC'}"],
-    )
-    failed = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
-    client.set_tag(parent_run_id, "trials", f"{len(runs)} complete, 0 pruned, {len(failed)} failed")
+    parent = client.get_run(parent_run_id)
+    runs = champion.ranked_trial_runs(client, parent, objective.metric, objective.way == "maximize")
+    failed = client.search_runs([setup.experiment_id], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
     stopped = failed_out or f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
     print(stopped, flush=True)
-    client.set_tag(parent_run_id, "stopped", stopped)
+    trials = f"{len(runs)} complete, 0 pruned, {len(failed)} failed"
+    best = runs[0] if runs else None
     summary: dict[str, Any] = {"study": study_name, "parent_run_id": parent_run_id, "engine": "keras-tuner",
-                               "trials": f"{len(runs)} complete, {len(failed)} failed", "stopped": stopped}
+                               "trials": trials, "stopped": stopped}
+    summary["best_line"] = records.record_search(
+        client, parent_run_id, trials, stopped,
+        (int(best.data.tags["trial_number"]), objective.metric, best.data.metrics[objective.metric]) if best else None)
     if failed_out:  # an unfinished study crowns nothing
         summary["failed"] = failed_out
-        studies.describe_study(client, parent_run_id, study_name, summary)
-        client.set_terminated(parent_run_id, status="FAILED")
-        return summary
-    if runs:
-        best = runs[0]
-        client.set_tag(parent_run_id, "best_trial", best.data.tags["trial_number"])
-        client.log_metric(parent_run_id, f"study_best_{objective.metric}", best.data.metrics[objective.metric])
-        summary["best_line"] = f"trial {best.data.tags['trial_number']}: {objective.metric} {best.data.metrics[objective.metric]:.4f}"
+    elif best is not None:
         confirm = s.confirm
-        verdict = studies.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], None, confirm.top,
-                                            confirm.seeds, request.data_dir)
-        for line in studies.describe(verdict):
+        verdict = champion.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], None, confirm.top,
+                                             confirm.seeds, setup.data_dir)
+        for line in verdict_lines(verdict):
             print(line)
         summary["verdict"] = verdict
-        if not verdict.deferred:
-            summary["test"] = studies.evaluate_once(verdict.best.source_run_id if verdict.promoted else best.info.run_id,
-                                                    request.data_dir)
-    studies.describe_study(client, parent_run_id, study_name, summary)
-    client.set_terminated(parent_run_id, status="FINISHED")
+        summary["test"] = champion.evaluate_answer(verdict, best.info.run_id, setup.data_dir)
+    records.finish(client, parent_run_id, study_name, summary, "FAILED" if failed_out else "FINISHED")
     return summary

@@ -1,226 +1,36 @@
-"""What every sweep engine shares: the study's MLflow runs, trial records, the objective, and the
-confirmation over seeds that decides whether a study crowns a new champion.
+"""The champion: a configuration retrained over seeds, judged against the baseline and the current
+champion, and registered as `mnist-cnn@champion` only when it beats both.
 
-`sweep.py` (Optuna) and `tuner.py` (KerasTuner) both import this; it imports neither. A study is
-one parent MLflow run (tag `mnist_lab.kind=study`) with one nested run per trial (`trial`) and
-per confirmation seed (`confirm`). After the search, `confirm_and_crown` retrains the top
-configurations and the baseline until each has N seeds, and registers `mnist-cnn@champion`
-only when the best configuration's seed mean beats the baseline's and the current champion's
-with p < ALPHA (Welch's one-sided t-test), measured on the same validation images.
+    mnist-lab confirm --study sweep-optuna --top 3 --seeds 3      # or: make confirm
+
+After a search, both sweep engines call `confirm_and_crown`: the top configurations, the baseline
+and the current champion are retrained (`train_one_seed`, the one seed-retraining path) until each
+has N seeds on the same validation images, and the best is crowned only if its seed mean beats
+every incumbent's with p < ALPHA (Welch's one-sided test, mnist_lab/stats.py). `confirm_top` (the
+`confirm` command) adds seeds to a finished study's top configurations the same way. The test set
+is touched once per configuration at most (`evaluate_once`), never to choose.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
-import socket
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mnist_lab import tracking
 from mnist_lab.config import Config, MnistLabError
+from mnist_lab.stats import ALPHA, BASELINE, CHAMPION, welch_greater
 
-ALPHA = 0.05  # one-sided significance a new champion must reach against each incumbent
-BASELINE = "baseline"  # the labels of the incumbents a trial must beat (the report reads them back from the runs)
-CHAMPION = "current champion"
 # The data settings that decide which images are validation images: runs that differ in any of
 # these (or in the MNIST content digest) were scored on different images and are not compared.
 SPLIT_KEYS = ("data.validation_size", "data.seed")
 
 
-# --- runs --------------------------------------------------------------------------------------
-
-
-def worker_id(pid: int | None = None) -> str:
-    """host:pid of this process (or of its child `pid`): written on every trial and confirmation run it starts."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
-
-
-def worker_is_dead(worker: str | None) -> bool:
-    """True only for a worker on this machine whose process is gone (SIGKILL, OOM, power cut).
-
-    What it left RUNNING can be ended at once instead of after the heartbeat grace period;
-    workers on other machines are judged by their heartbeats alone."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def trial_run_name(study_name: str, number: int, outcome: str = "") -> str:
-    """`<study>-trial-N`, with `-pruned` or `-failed` once that is its outcome: MLflow's run list
-    has no such statuses, so the name tells them apart at a glance."""
-    return f"{study_name}-trial-{number}" + (f"-{outcome}" if outcome else "")
-
-
 def confirm_run_name(label: str, seed: int) -> str:
-    """`confirm · trial 3 · seed 2`: a confirmation seed, by the sweep's confirmation or `make confirm`."""
+    """`confirm · trial 3 · seed 2`: a confirmation seed, by the sweep's confirmation or `mnist-lab confirm`."""
     return f"confirm · {label} · seed {seed}"
-
-
-def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
-    return {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number), "engine": engine,
-            "state": "RUNNING", "worker": worker_id()}
-
-
-def end_dead_runs(client, study_name: str, parent_run_id: str) -> int:
-    """End the study's runs left RUNNING by dead processes on this machine (as KILLED), and free a
-    confirmation claim a dead process held; returns how many runs were ended."""
-    ended = 0
-    runs = client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status = 'RUNNING'", max_results=1000)
-    for run in runs:
-        if run.data.tags.get("mnist_lab.kind") in ("trial", "confirm") and worker_is_dead(run.data.tags.get("worker")):
-            end_killed(client, run.info.run_id, "its worker stopped mid-run (killed or crashed)")
-            ended += 1
-    held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
-    if held and worker_is_dead(held.rsplit("@", 1)[0]):
-        client.delete_tag(parent_run_id, LOCK_TAG)
-    return ended
-
-
-def end_interrupted(client, study_name: str, parent_run_id: str, workers: set[str]) -> None:
-    """After Ctrl-C or SIGTERM: the study's runs these workers left unfinished (RUNNING, or FAILED by
-    MLflow on the way out) and the study's own run end KILLED, saying so."""
-    for run in client.search_runs([tracking.setup()], f"tags.study = '{study_name}' and attributes.status != 'FINISHED' "
-                                  "and attributes.status != 'KILLED'", max_results=1000):
-        if run.data.tags.get("worker") in workers:
-            end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM); it runs again on resume")
-    client.set_tag(parent_run_id, "stopped", "interrupted (Ctrl-C or SIGTERM)")
-    client.set_terminated(parent_run_id, status="KILLED")
-
-
-def end_killed(client, run_id: str, reason: str) -> None:
-    client.set_tag(run_id, "state", "FAIL")
-    client.set_tag(run_id, "failure_reason", reason)
-    client.set_terminated(run_id, status="KILLED")
-
-
-def create_parent_run(space, study_name: str, engine: str) -> str:
-    from mlflow import MlflowClient
-
-    s = space.space
-    commit, dirty = tracking.git_state()
-    client = MlflowClient()
-    run = client.create_run(
-        tracking.setup(),
-        run_name=study_name,
-        tags={
-            "mnist_lab.kind": "study", "study": study_name, "space_file": str(space.path), "space": space.text[:5000],
-            "engine": engine, "sampler": s.sampler, "pruner": s.pruner,
-            "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials),
-            "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
-            "tracking_uri": tracking.redact(tracking.current_uri()),
-        },
-    )
-    client.log_text(run.info.run_id, space.text, f"space/{space.path.name}")
-    return run.info.run_id
-
-
-def check_parent_run(client, run_id: str, study_name: str, logged_to: str | None, instead: str) -> None:
-    """A study's search state (Optuna storage, KerasTuner folder) names its parent run; the tracking
-    store in use must hold it, or every trial would be logged under a run that does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        run = None
-    if run is None or run.info.lifecycle_stage == "deleted":
-        here = tracking.redact(tracking.current_uri())
-        was = f" (it logged to {logged_to})" if logged_to and logged_to != here else ""
-        raise MnistLabError(
-            f"study {study_name}: its MLflow run {run_id} is not in the tracking store {here}{was}; the store was "
-            f"switched or wiped since the study started. Point MLFLOW_TRACKING_URI back at that store, or start "
-            f"afresh with {instead}"
-        )
-
-
-def record_impossible(client, parent_run_id: str, tags: dict, values: dict, reason: str) -> None:
-    """An impossible configuration still gets its run, failed, with the reason: no silent gaps."""
-    run = client.create_run(
-        tracking.setup(),
-        tags=tags | {"state": "FAIL", "failure_reason": reason, "mlflow.parentRunId": parent_run_id},
-        run_name=trial_run_name(tags["study"], tags["trial_number"], "failed"),
-    )
-    for key, value in values.items():
-        client.log_param(run.info.run_id, key, value)
-    client.set_terminated(run.info.run_id, status="FAILED")
-
-
-def objective_value(result, metric: str) -> float:
-    if metric == "val_accuracy":
-        return result.val_accuracy
-    if metric == "val_loss":
-        return result.val_loss
-    if metric == "param_count":
-        return float(result.param_count)
-    if metric == "train_seconds":
-        return result.train_seconds
-    return latency_ms(result.model)
-
-
-def latency_ms(model, repeats: int = 30) -> float:
-    """Median time to classify one image, ms: what a person waiting on `predict` feels."""
-    import numpy as np
-
-    x = np.zeros((1, 28, 28, 1), np.float32)
-    model(x, training=False)  # warm-up: tracing and allocation are not latency
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x, training=False)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
-
-
-def evaluate_once(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
-    """The study's one test-set evaluation, of the run it answers with; reused if already done."""
-    import mlflow.keras
-    from mlflow import MlflowClient
-
-    from mnist_lab.train import evaluate_test_set
-
-    run = MlflowClient().get_run(run_id)
-    if "test_accuracy" in run.data.metrics:  # e.g. a finished study run again
-        return {"run_id": run_id, "test_accuracy": run.data.metrics["test_accuracy"]}
-    accuracy, _ = evaluate_test_set(mlflow.keras.load_model(tracking.model_uri(run_id)), run_id, data_dir)
-    return {"run_id": run_id, "test_accuracy": accuracy}
-
-
-# --- confirmation over seeds -------------------------------------------------------------------
-
-
-def welch_greater(a: list[float], b: list[float]) -> float:
-    """One-sided p-value that mean(a) > mean(b) (Welch's t-test: no equal-variance assumption).
-
-    Identical constant samples (zero spread in both) give p = 1 if the means are equal or a's
-    is lower, and p = 0 if a's is higher: the test is undefined there, the order is not.
-    """
-    import numpy as np
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("Welch's t-test needs at least two seeds on each side")
-    if np.std(a) == 0 and np.std(b) == 0:
-        return 0.0 if np.mean(a) > np.mean(b) else 1.0
-    with warnings.catch_warnings():  # near-identical seed scores: scipy warns, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
-
-
-def is_incumbent(label: str) -> bool:
-    """Is this confirmation label the baseline's or the current champion's (what a trial must beat)?"""
-    return label == BASELINE or label.startswith(CHAMPION)
 
 
 @dataclass
@@ -278,7 +88,9 @@ def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender
 
 
 def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: str | None, on_result=None) -> None:
-    """Retrain `c` once more, with the lowest training seed it has no score for."""
+    """Retrain `c` once more, with the lowest training seed it has no score for: the one path that
+    retrains a configuration over seeds, for the sweep's confirmation and `mnist-lab confirm`.
+    Validation only; the test set is the study's one final evaluation (`evaluate_once`)."""
     from mnist_lab.train import train
 
     seed = 0
@@ -289,7 +101,7 @@ def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: 
                    run_name=confirm_run_name(c.label, seed),
                    tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
                          "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
-                         "worker": worker_id(),
+                         "worker": tracking.worker_id(),
                          "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
     c.scores[seed] = result.val_accuracy
     if on_result:
@@ -352,9 +164,9 @@ def claim_confirmation(client, parent_run_id: str) -> bool:
     """
     held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
     holder, _, since = (held or "").rpartition("@")
-    if held and time.time() - float(since) < LOCK_STALE_SECONDS and not worker_is_dead(holder):
+    if held and time.time() - float(since) < LOCK_STALE_SECONDS and not tracking.worker_is_dead(holder):
         return False
-    me = f"{worker_id()}@{time.time():.0f}"
+    me = f"{tracking.worker_id()}@{time.time():.0f}"
     client.set_tag(parent_run_id, LOCK_TAG, me)
     time.sleep(LOCK_SETTLE_SECONDS)
     return client.get_run(parent_run_id).data.tags.get(LOCK_TAG) == me
@@ -367,7 +179,7 @@ def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    experiment_id = tracking.setup()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
     if not ranked_run_ids:
         return Verdict(False, "no confirmed improvement: no trial completed")
     if not claim_confirmation(client, parent_run_id):
@@ -441,34 +253,54 @@ def register_champion(client, study_name: str, best: Contender, verdict: Verdict
     return registered.version
 
 
-def report_line(study_name: str, html: Path | None = None) -> str:
-    """The description's line saying where the study's report is (`mnist-lab report` rewrites it)."""
-    where = html.resolve() if html else f"`mnist-lab report --study {study_name}` writes reports/{study_name}/index.html"
-    return f"- report: {where} (also logged here, under report/)"
+def evaluate_once(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
+    """The one test-set evaluation of a configuration, on its run's model; reused if already done."""
+    import mlflow.keras
+    from mlflow import MlflowClient
+
+    from mnist_lab.train import evaluate_test_set
+
+    run = MlflowClient().get_run(run_id)
+    if "test_accuracy" in run.data.metrics:  # e.g. a finished study run again
+        return {"run_id": run_id, "test_accuracy": run.data.metrics["test_accuracy"]}
+    accuracy, _ = evaluate_test_set(mlflow.keras.load_model(tracking.model_uri(run_id)), run_id, data_dir)
+    return {"run_id": run_id, "test_accuracy": accuracy}
 
 
-def describe_study(client, parent_run_id: str, study_name: str, summary: dict) -> None:
-    """The study run's description in MLflow's UI: trials by state, best trial, verdict, where the report is."""
-    verdict = summary.get("verdict")
-    lines = [f"**Study {study_name}**", "", f"- trials: {summary.get('trials', '?')}",
-             f"- {summary.get('stopped') or summary.get('failed') or 'not finished'}"]
-    if summary.get("best_line"):
-        lines.append(f"- best trial by the search: {summary['best_line']}")
-    if verdict is not None:
-        lines.append(f"- confirmation over seeds: {verdict.reason}")
-        if verdict.model_version:
-            lines.append(f"- champion: {tracking.MODEL_NAME} version {verdict.model_version}")
-    if summary.get("test"):
-        lines.append(f"- the one test-set evaluation: test_accuracy {summary['test']['test_accuracy']:.4f} "
-                     f"(run {summary['test']['run_id']})")
-    lines.append(report_line(study_name))
-    client.set_tag(parent_run_id, tracking.DESCRIPTION_TAG, "\n".join(lines))
+def evaluate_answer(verdict: Verdict, best_run_id: str, data_dir: str | None = None) -> dict[str, Any] | None:
+    """The study's one test-set evaluation: of the champion if one was crowned, else of the search's
+    best run; none while another worker of the study is still confirming."""
+    if verdict.deferred:
+        return None
+    return evaluate_once(verdict.best.source_run_id if verdict.promoted else best_run_id, data_dir)
 
 
-def describe(verdict: Verdict) -> list[str]:
-    """Console lines: each configuration's seed scores, then the verdict."""
-    lines = []
-    for c in verdict.contenders:
-        seeds = ", ".join(f"{c.scores[s]:.4f}" for s in sorted(c.scores))
-        lines.append(f"  {c.label:<32} mean {c.mean:.4f} over {len(c.scores)} seeds ({seeds})")
-    return lines + [("crowned: " if verdict.promoted else "") + verdict.reason]
+def ranked_trial_runs(client, parent_run, metric: str, maximize: bool) -> list:
+    """A study's complete trial runs, best first by `metric` (MLflow's view: what every engine logs)."""
+    return client.search_runs(
+        [parent_run.info.experiment_id],
+        f"tags.study = '{parent_run.data.tags['study']}' and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE' "
+        f"and tags.`mlflow.parentRunId` = '{parent_run.info.run_id}'",
+        order_by=[f"metrics.{metric} {'DESC' if maximize else 'ASC'}"], max_results=10_000,
+    )
+
+
+def confirm_top(experiment_id: str, study_name: str | None, top: int, seeds: int, data_dir: str | None = None,
+                on_result=None) -> list[Contender]:
+    """`mnist-lab confirm`: the study's top `top` configurations retrained until each has `seeds`
+    seeds (the trial's own run is the first), then each evaluated once on the test set."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parent = tracking.study_run(client, experiment_id, study_name or tracking.latest_study(client, experiment_id))
+    name, objective = parent.data.tags["study"], parent.data.tags.get("objective", "maximize val_accuracy").split(", ")[0]
+    way, metric = objective.split(" ", 1)
+    ranked = ranked_trial_runs(client, parent, metric, way == "maximize")[:top]
+    if not ranked:
+        raise MnistLabError(f"study {name}: no complete trial to confirm")
+    contenders = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(ranked, 1)]
+    add_confirmation_runs(client, experiment_id, contenders)
+    train_round_robin(contenders, seeds, parent.info.run_id, name, data_dir, None, on_result)
+    for c in contenders:
+        evaluate_once(c.source_run_id, data_dir)
+    return contenders

@@ -1,6 +1,6 @@
-"""A study's runs, read from MLflow into pandas: what `report` and `confirm` both start from.
+"""A study's runs, read from MLflow into pandas: what the report starts from.
 
-    study = load_study(MlflowClient(), [experiment_id], "sweep")
+    study = load_study(MlflowClient(), experiment_id, "sweep")
     study.runs      # one row per trial run: run_id, state, trial, params.*, metrics.*, tags.*
     study.history   # one row per run and epoch: run_id, epoch, loss, accuracy, val_loss, val_accuracy
     study.confirm   # the confirmation runs (one per configuration and seed)
@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mnist_lab import tracking
 from mnist_lab.config import MnistLabError
-from mnist_lab.space import Space
+from mnist_lab.sweep.space import Space
 
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 BULK_RUNS = 500  # runs per bulk metric query (SQLite allows 32,766 bound parameters)
@@ -39,21 +40,9 @@ class Study:
         return list(self.space.params) if self.space else []
 
 
-def latest_study(client, experiment_ids: list[str]) -> str:
-    parents = client.search_runs(experiment_ids, "tags.`mnist_lab.kind` = 'study'", order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        raise MnistLabError("no study in the MLflow store yet: run `make sweep` first (or pass --runs RUN_ID ...)")
-    return parents[0].data.tags["study"]
-
-
-def load_study(client, experiment_ids: list[str], name: str) -> Study:
-    parents = client.search_runs(
-        experiment_ids, f"tags.`mnist_lab.kind` = 'study' and tags.study = '{name}'", order_by=["attributes.start_time DESC"]
-    )
-    if not parents:
-        known = sorted({r.data.tags["study"] for r in client.search_runs(experiment_ids, "tags.`mnist_lab.kind` = 'study'")})
-        raise MnistLabError(f"--study {name}: no such study in the MLflow store (known: {', '.join(known) or 'none'})")
-    parent = parents[0]
+def load_study(client, experiment_id: str, name: str) -> Study:
+    parent = tracking.study_run(client, experiment_id, name)
+    experiment_ids = [experiment_id]
     space = Space.model_validate(yaml.safe_load(parent.data.tags["space"])) if parent.data.tags.get("space") else None
     objective = space.objective[0] if space else None
     trials = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'", experiment_ids)

@@ -41,10 +41,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_lab.config import Config
+
+# Validation scores the pruner sees per epoch: 7 on a slice, then the full set (mnist_lab/sweep/objective.py).
+# Pruning starts after the first (an eighth of an epoch, 3-6 s of training here), so most trials cost seconds.
+REPORTS_PER_EPOCH = 8
 # User attributes the sweep sets on each trial before training: its learning-rate schedule and the
 # training images of its whole run (epochs x training set).
 SCHEDULE_ATTR, RUN_ATTR = "lr_schedule", "run_images"
@@ -127,3 +131,26 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
             if everyone and hopeless(value, everyone, maximize):
                 return True
         return False
+
+
+def make_pruner(pruner: str, base: Config, max_epochs: int) -> optuna.pruners.BasePruner:
+    """The space's `pruner`, on training images seen (Optuna's step). `base` is the config every
+    trial starts from, the command line's overrides included: its training set is an epoch."""
+    epoch = base.data.train_count()
+    first_rung = max(1, epoch // REPORTS_PER_EPOCH)  # the first report: an eighth of an epoch of images
+    if pruner == "median":
+        # Not before the first report: the first reports of every trial are noise.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_rung)
+    if pruner == "sha":
+        # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third
+        # of the trials at the same point of the same learning-rate schedule.
+        return ScheduleAwareHalving(min_resource=first_rung, reduction_factor=3)
+    if pruner == "sha-pooled":
+        # Optuna's own: every trial at a rung ranked together, whatever its schedule.
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=3)
+    if pruner == "hyperband":
+        # Rungs from an eighth of an epoch up to the longest trial, keeping a third at each: a hopeless
+        # trial stops within its first epoch, and trials are compared at equal images seen.
+        return optuna.pruners.HyperbandPruner(min_resource=first_rung, max_resource=max(1, max_epochs * epoch),
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()

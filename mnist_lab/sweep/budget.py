@@ -1,0 +1,146 @@
+"""An Optuna study's budget: trials counted by state, the trials ranked by the objective, whether the
+time budget leaves room for another trial and the confirmation, and why the search stopped.
+
+`n_trials` counts finished trials (complete or pruned) over the whole study, across restarts and
+workers; failed trials do not count, trials lost to a killed or interrupted worker are retried,
+and `budget.max_consecutive_failures` failures in a row end the study as broken.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mnist_lab.sweep.space import LoadedSpace
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0  # the space's failures: impossible configurations, diverging losses, errors in training
+    lost: int = 0  # killed or interrupted workers' trials: not the space's fault, and retried
+    running: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    def __str__(self) -> str:
+        return f"{self.complete} complete, {self.pruned} pruned, {self.fail} failed, {self.lost} lost to kills"
+
+
+def count(study) -> Counts:
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue
+        if t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            if worker_lost(t):
+                c.lost += 1
+            else:
+                c.fail += 1
+        elif t.state == TrialState.RUNNING:
+            c.running += 1
+    return c
+
+
+def worker_lost(t) -> bool:
+    """A failed trial whose worker was killed or interrupted; the objective records a reason for every other failure."""
+    return not t.user_attrs.get("fail_reason") or bool(t.user_attrs.get("interrupted"))
+
+
+def failures_in_a_row(study) -> int:
+    """How many trials failed, by the space's fault, since the last one that finished."""
+    from optuna.trial import TrialState
+
+    ended = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+             if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and worker_lost(t))]
+    ended.sort(key=lambda t: (t.datetime_complete or t.datetime_start).timestamp() if (t.datetime_complete or t.datetime_start) else 0)
+    n = 0
+    for t in reversed(ended):
+        if t.state != TrialState.FAIL:
+            break
+        n += 1
+    return n
+
+
+def ranked(study, space: LoadedSpace) -> list:
+    """The complete trials, best first by the objective that crowns: val_accuracy where it is one of
+    several objectives (then only the Pareto front's members), else the first."""
+    from optuna.trial import TrialState
+
+    objectives = space.space.objective
+    metrics = [o.metric for o in objectives]
+    i = metrics.index("val_accuracy") if space.space.multi_objective and "val_accuracy" in metrics else 0
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if space.space.multi_objective:
+        front = {t.number for t in study.best_trials}
+        complete = [t for t in complete if t.number in front]
+    sign = 1 if objectives[i].way == "maximize" else -1
+    return sorted(complete, key=lambda t: -sign * t.values[i])
+
+
+def trial_seconds(t) -> float | None:
+    return (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+
+
+def confirmation_seconds(study, space: LoadedSpace) -> float:
+    """What the confirmation would cost if the search stopped now: the seeds still missing for the
+    current top trials and the baseline, each as long as that trial's own run took."""
+    confirm = space.space.confirm
+    best_first = ranked(study, space)
+    contenders = [t for t in best_first if not t.user_attrs.get("baseline")][: confirm.top]
+    contenders += [t for t in best_first if t.user_attrs.get("baseline")]
+    return sum((confirm.seeds - 1) * (trial_seconds(t) or 0) for t in contenders)
+
+
+def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
+    """May another trial start? Only if it and then the confirmation still fit before `end`.
+
+    The next trial is assumed to take as long as three in four finished ones did (most are
+    pruned early, a few run long); at least `confirm.reserve` of the time budget stays free.
+    """
+    import numpy as np
+    from optuna.trial import TrialState
+
+    if end is None:
+        return True
+    finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    finished = [s for s in finished if s is not None]
+    next_trial = float(np.percentile(finished, 75)) if finished else 0.0
+    keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space))
+    return time.time() + next_trial + keep < end
+
+
+def may_start_another(study, space: LoadedSpace, end: float | None) -> bool:
+    """Neither the trial budget nor the time budget spent, and the space not broken."""
+    budget = space.space.budget
+    return (count(study).finished < budget.n_trials and failures_in_a_row(study) < budget.max_consecutive_failures
+            and search_time_left(study, space, end))
+
+
+def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool]:
+    """(the sentence saying why the search stopped, whether the study is done: a done study goes on
+    to its confirmation; one stopped short of its budget crowns nothing)."""
+    budget = space.space.budget
+    c = count(study)
+    if c.finished >= budget.n_trials:
+        return f"stopped: the budget of {budget.n_trials} finished trials is reached", True
+    if end is not None and not search_time_left(study, space, end):
+        return (f"stopped: the time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
+                f"after {c.finished} finished trials"), True
+    in_a_row = failures_in_a_row(study)
+    if in_a_row >= budget.max_consecutive_failures:
+        last = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason")), key=lambda t: t.number,
+                   default=None)
+        why = f" (the last: {last.user_attrs['fail_reason'][:200]})" if last else ""
+        return (f"stopped: {in_a_row} trials failed in a row{why}, the limit budget.max_consecutive_failures; "
+                f"{c.finished} of {budget.n_trials} trials finished. Fix the space, or raise the limit, and run again to resume"), False
+    return f"stopped with {c.finished} of {budget.n_trials} trials finished; run the same command again to resume", False

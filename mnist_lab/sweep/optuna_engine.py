@@ -1,0 +1,128 @@
+"""The Optuna engine: search the space, then confirm and crown.
+
+    mnist-lab sweep experiments/sweep.yaml                      # resumes if run again
+    mnist-lab sweep experiments/smoke.yaml --n-trials 4 --workers 2
+    mnist-lab sweep experiments/sweep.yaml --storage postgresql://user@db/optuna   # one per machine
+
+Read top to bottom: the study is opened (created on the first start, with the baseline enqueued as
+trial 0) and found in MLflow; what a killed run of this command left behind is settled; the
+workers search until the budget is spent (mnist_lab/sweep/budget.py); then the best trials and
+the baseline are confirmed over seeds and the champion crowned only if it beats them
+(mnist_lab/champion.py); the study's one test evaluation; the description. Ctrl-C or SIGTERM at
+any point ends cleanly: the interrupted trials run first on resume.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+from mlflow import MlflowClient
+from rich.console import Console
+
+from mnist_lab import champion, tracking
+from mnist_lab.config import Interrupted
+from mnist_lab.sweep import budget, display, records, recovery
+from mnist_lab.sweep.optuna_study import open_study
+from mnist_lab.sweep.records import StudySetup
+from mnist_lab.sweep.workers import WorkerSettings, Workers, raise_interrupt
+
+PARENT_WAIT_SECONDS = 60  # how long a worker that did not create the study waits for its MLflow run
+
+
+def parent_run(study, setup: StudySetup, created: bool) -> str:
+    """The study's MLflow run: created once, found again on resume and by every other worker."""
+    client = MlflowClient()
+    if not created:
+        for _ in range(PARENT_WAIT_SECONDS):  # the creating worker may be a moment behind
+            run_id = study.user_attrs.get("mlflow_parent_run_id")
+            if run_id:
+                records.check_parent_run(client, run_id, setup.name, study.user_attrs.get("mlflow_tracking_uri"),
+                                         "--study NAME")
+                client.update_run(run_id, status="RUNNING")
+                return run_id
+            time.sleep(1)  # user_attrs reads the storage afresh each time
+    run_id = records.create_parent_run(setup, "optuna")
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    study.set_user_attr("mlflow_tracking_uri", tracking.redact(tracking.current_uri()))
+    return run_id
+
+
+def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
+    """Search, then confirm and crown; returns the summary the CLI prints."""
+    study, created = open_study(setup, storage_url)
+    parent_run_id = parent_run(study, setup, created)
+    # What a SIGKILLed run of this command left behind on this machine is settled before anything starts.
+    recovery.reap_dead_trials(study)
+    records.end_dead_runs(MlflowClient(), setup, parent_run_id)
+    if created and (baseline := setup.space.baseline_values()):
+        # The first trial is the base config itself: every other trial is judged against it.
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    budget_ = setup.space.space.budget
+    # One time budget for search and confirmation: workers stop starting trials when the next one
+    # and the confirmation (estimated from the trials' own durations) would no longer fit.
+    end = time.time() + budget_.timeout if budget_.timeout else None
+    stop = threading.Event()
+    workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, end), n_workers, stop)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    try:
+        with display.Progress(study, budget_.n_trials, setup, end) as progress:
+            workers.run(progress.update)
+            progress.update()
+        if stop.is_set():  # the worker thread was stopped by a signal of its own
+            raise KeyboardInterrupt
+        return conclude(setup, study, storage_url, parent_run_id, end)
+    except KeyboardInterrupt:
+        workers.stop()
+        raise interrupted(setup, study, parent_run_id, workers.ids) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def conclude(setup: StudySetup, study, storage_url: str, parent_run_id: str, end: float | None) -> dict[str, Any]:
+    """After the search: say why it stopped, confirm the best trials over seeds, crown, evaluate once."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log file gets whole lines, not 80 columns
+    space = setup.space
+    counts = budget.count(study)
+    stopped, done = budget.why_stopped(study, space, end)
+    console.print(stopped)
+    best_first = budget.ranked(study, space)
+    best = best_first[0] if best_first else None
+    metric = space.space.objective[0].metric
+    summary: dict[str, Any] = {"study": setup.name, "parent_run_id": parent_run_id, "counts": counts,
+                               "storage": tracking.redact(storage_url), "trials": str(counts), "stopped": stopped}
+    client = MlflowClient()
+    summary["best_line"] = records.record_search(client, parent_run_id, str(counts), stopped,
+                                                 (best.number, metric, best.values[0]) if best else None)
+    if not done:
+        summary["failed"] = stopped
+    elif best is not None:  # an unfinished study (stopped by failures, not by its budget or time) crowns nothing
+        confirm = space.space.confirm
+        baseline = next((t.user_attrs["mlflow_run_id"] for t in best_first if t.user_attrs.get("baseline")), None)
+        console.print(f"confirmation: the top {confirm.top} trials{' and the baseline' if baseline else ''}, "
+                      f"{confirm.seeds} training seeds each")
+        verdict = champion.confirm_and_crown(
+            setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline, confirm.top,
+            confirm.seeds, setup.data_dir, deadline=end,
+            on_result=lambda c, seed, v: console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"),
+        )
+        for line in display.verdict_lines(verdict):
+            console.print(line)
+        summary["verdict"] = verdict
+        summary["test"] = champion.evaluate_answer(verdict, best.user_attrs["mlflow_run_id"], setup.data_dir)
+    records.finish(client, parent_run_id, setup.name, summary, "FINISHED" if done else "FAILED")
+    display.print_top(study, space)
+    return summary
+
+
+def interrupted(setup: StudySetup, study, parent_run_id: str, worker_ids: set[str]) -> Interrupted:
+    """Leave nothing RUNNING: the trials interrupted are queued to run first on resume, their runs
+    and the study's run end KILLED."""
+    settled = recovery.settle_interrupted(study, worker_ids)
+    # A confirmation seed cut short, or a trial run the retry above did not reach, ends KILLED too.
+    records.end_interrupted(MlflowClient(), setup, parent_run_id, worker_ids)
+    which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""
+    return Interrupted(f"stopped cleanly; {which}resume with: {tracking.command_line()}")

@@ -1,0 +1,102 @@
+"""The Optuna study: its storage (with heartbeats), its sampler and its pruner, created on the first
+start and loaded again on every resume and by every worker.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+from mnist_lab import tracking
+from mnist_lab.config import MnistLabError
+from mnist_lab.sweep.pruning import make_pruner
+from mnist_lab.sweep.records import StudySetup
+from mnist_lab.sweep.recovery import GRACE_SECONDS, HEARTBEAT_SECONDS, on_dead_trial
+from mnist_lab.sweep.space import LoadedSpace
+
+
+def default_storage() -> str:
+    from pathlib import Path
+
+    Path("mlruns").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
+
+
+def make_storage(url: str):
+    import optuna
+
+    # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    for attempt in range(3):
+        try:
+            if url.startswith("sqlite:///"):
+                tracking.create_sqlite_atomically(url, lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose())
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=on_dead_trial,
+                # A host that drops packets would otherwise hang the sweep for minutes.
+                engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else None,
+            )
+        except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
+            # Machines starting together race to create Optuna's tables: the loser's CREATE fails
+            # on what the winner just made, and a second look finds the schema complete.
+            if attempt < 2 and ("already exists" in str(e) or "duplicate key" in str(e)):
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MnistLabError(f"--storage {tracking.redact(url)}: cannot open the Optuna storage "
+                                f"({tracking.redact(first)[:200]})") from None
+
+
+def make_sampler(space: LoadedSpace, worker: int = 0, trials_so_far: int = 0):
+    import optuna
+
+    s = space.space
+    # Different seeds per worker, or parallel random/TPE workers would propose the same trials;
+    # and per resume (offset by the trials already there), or a restarted sampler would replay
+    # its sequence and repeat finished configurations. QMC and grid walk a shared sequence keyed
+    # by trial number, so they keep one seed.
+    seed = None if s.seed is None else s.seed + worker + 1000 * trials_so_far
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "qmc":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.0; chosen knowingly in the space file
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=s.seed, warn_independent_sampling=False)
+    if s.sampler == "grid":
+        return optuna.samplers.GridSampler({k: p.choices for k, p in s.params.items()}, seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    # Multivariate TPE models the knobs jointly (batch size with learning rate, schedule with
+    # epochs), which independent TPE cannot; constant_liar keeps parallel workers apart.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, s.budget.n_trials // 3)),
+                                      multivariate=True, constant_liar=True)
+
+
+def open_study(setup: StudySetup, storage_url: str, worker: int = 0):
+    """(the study, whether this call created it)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print our own one-line trial reports
+    space = setup.space
+    storage = make_storage(storage_url)
+    pruner = make_pruner(space.space.pruner, setup.base, space.max_epochs(setup.base))
+    directions = [o.way for o in space.space.objective]
+    try:
+        study = optuna.create_study(study_name=setup.name, storage=storage, sampler=make_sampler(space, worker),
+                                    pruner=pruner, directions=directions)
+        # Optuna Dashboard shows these instead of "Objective 0".
+        study.set_metric_names([o.metric for o in space.space.objective])
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=setup.name, storage=storage, pruner=pruner)
+    study.sampler = make_sampler(space, worker, len(study.get_trials(deepcopy=False)))
+    if [d.name.lower() for d in study.directions] != directions:
+        raise MnistLabError(
+            f"study '{setup.name}' in {tracking.redact(storage_url)} optimises {[d.name.lower() for d in study.directions]}, "
+            f"but {space.path} asks for {directions}; pick another --study name"
+        ) from None
+    return study, False

@@ -1,0 +1,90 @@
+"""Dead and interrupted trials: found, failed, and their configurations queued again, on Optuna's
+public heartbeat and retry API.
+
+Each trial's worker writes a heartbeat every HEARTBEAT_SECONDS; a trial silent for GRACE_SECONDS
+(its machine died) is failed by Optuna (`fail_stale_trials`) and retried through
+`RetryHeartbeatStaleTrialCallback`. A worker on this machine whose process is gone is found at once
+(`reap_dead_trials`), not after the grace period. After Ctrl-C or SIGTERM, the trials that were
+running are queued again to run first (`settle_interrupted`). In every case the trial's MLflow run
+ends KILLED with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mnist_lab import tracking
+from mnist_lab.sweep.records import end_killed
+
+HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
+GRACE_SECONDS = int(os.environ.get("MNIST_LAB_GRACE_SECONDS", 30))  # silence after which its worker counts as dead
+MAX_RETRY = 2  # times a killed worker's configuration is tried again (an interrupted one: always)
+# The one user attribute a retry inherits: what the trial *is*. Its run id, worker and failure belong to
+# the attempt that died, and a retry starts clean (Optuna's callback would copy them all).
+INHERITED_ATTRS = ("baseline",)
+
+
+def on_dead_trial(study, trial) -> None:
+    """A worker died mid-trial: retry its configuration (at most MAX_RETRY times), end its run KILLED."""
+    retry(study, trial, MAX_RETRY, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+
+
+def retry(study, trial, max_retry: int | None, reason: str) -> None:
+    """Queue `trial`'s configuration again (Optuna's retry callback: at most `max_retry` times, None for
+    always), starting clean, and end the attempt's MLflow run KILLED with `reason`."""
+    import copy
+
+    from mlflow import MlflowClient
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    clean = copy.copy(trial)
+    clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED_ATTRS}
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        end_killed(MlflowClient(), run_id, reason)
+
+
+def retried_trial_number(trial) -> int | None:
+    """The number of the trial this one retries (the first of its series), or None."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def fail_running(study, number: int):
+    """Mark the RUNNING trial `number` FAIL; None if another process finished it first."""
+    from optuna.trial import TrialState
+
+    try:
+        return study.tell(number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError):  # "Cannot tell a FAIL trial", or the storage's UpdateFinishedTrialError
+        return None
+
+
+def reap_dead_trials(study) -> None:
+    """Trials whose worker on this machine is gone are failed and retried now, not after the grace period."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if tracking.worker_is_dead(t.user_attrs.get("worker")):
+            failed = fail_running(study, t.number)
+            if failed is not None:  # else another worker reaped it first
+                on_dead_trial(study, failed)
+
+
+def settle_interrupted(study, workers: set[str]) -> list[int]:
+    """After Ctrl-C: the trials `workers` were running are failed (if they did not stop in time),
+    queued again at the front, and their MLflow runs ended KILLED; returns their numbers."""
+    from optuna.trial import TrialState
+
+    settled = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("worker") not in workers or t.user_attrs.get("surplus"):
+            continue
+        if t.state == TrialState.RUNNING:
+            t = fail_running(study, t.number) or t  # it did not stop in time: failed here, with no reason of its own
+        if t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or not t.user_attrs.get("fail_reason")):
+            retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
+            settled.append(t.number)
+    return settled

@@ -1,0 +1,144 @@
+"""The Optuna study's workers: one thread in this process (`--workers 1`), or N spawned processes
+sharing the cores, each running trials until the budget is spent; and how they stop.
+
+Ctrl-C or SIGTERM sets the sweep's `stop` event: running trials stop at their next batch, no trial
+starts, and `Workers.stop` gives them STOP_WAIT_SECONDS before SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from mnist_lab import tracking
+from mnist_lab.startup import import_tensorflow
+from mnist_lab.sweep import budget, recovery
+from mnist_lab.sweep.records import StudySetup
+
+STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs: plain values, so a spawned process gets them pickled."""
+
+    study: StudySetup
+    storage_url: str
+    parent_run_id: str
+    end: float | None  # time.time() at which the study's time budget ends
+    index: int = 0  # 0, 1, ...: each worker's sampler gets its own seed
+    threads: int | None = None  # CPU threads for TensorFlow; None: a thread of the main process, which set them up
+
+
+def work(settings: WorkerSettings, stop: threading.Event) -> None:
+    """One worker: run trials until the study has its finished trials, or time runs short."""
+    import optuna
+
+    from mnist_lab.sweep.objective import Objective
+    from mnist_lab.sweep.optuna_study import open_study
+
+    study, _ = open_study(settings.study, settings.storage_url, settings.index)
+    space = settings.study.space
+    objective = Objective(settings.study, settings.parent_run_id, stop)
+    try:
+        while not stop.is_set():
+            recovery.reap_dead_trials(study)
+            optuna.storages.fail_stale_trials(study)
+            if not budget.may_start_another(study, space, settings.end):
+                break
+            c = budget.count(study)
+            if c.finished + c.running >= space.space.budget.n_trials:
+                time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
+                continue
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    except KeyboardInterrupt:
+        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+
+
+def work_in_process(settings: WorkerSettings) -> None:
+    """A spawned worker process: its own TensorFlow thread pool, and SIGTERM stops its trial at the next batch."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    import_tensorflow()
+    import tensorflow as tf
+
+    # Workers share the cores: one pool each, sized cores // workers.
+    tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tracking.setup()
+    work(settings, threading.Event())
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class WorkerThread(threading.Thread):
+    """The single worker's thread, with its own `done` flag: after Ctrl-C interrupts `join()`,
+    `Thread.is_alive()` can wrongly say False while the thread still runs (CPython before 3.13)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.done = threading.Event()
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.done.set()
+
+
+class Workers:
+    """The workers of one sweep invocation: started, watched, and stopped on Ctrl-C."""
+
+    def __init__(self, settings: WorkerSettings, n: int, stop: threading.Event):
+        self.stop_event = stop
+        self.ids = {tracking.worker_id()}  # whose trials and runs this invocation settles after Ctrl-C
+        self.threads: list[WorkerThread] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        if n == 1:
+            self.threads.append(WorkerThread(target=work, args=(settings, stop), daemon=True))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // n)
+            ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+            self.processes = [ctx.Process(target=work_in_process, args=(replace(settings, index=i, threads=threads),))
+                              for i in range(n)]
+
+    def run(self, tick) -> None:
+        """Start them and wait, calling `tick()` about once a second (the live display)."""
+        for t in self.threads:
+            t.start()
+        for p in self.processes:
+            p.start()
+            self.ids.add(tracking.worker_id(p.pid))
+        while self.running():
+            for t in self.threads:
+                t.done.wait(1)
+            for p in self.processes:
+                p.join(1)
+            tick()
+
+    def running(self) -> bool:
+        return any(not t.done.is_set() for t in self.threads) or any(p.is_alive() for p in self.processes)
+
+    def stop(self) -> None:
+        """After Ctrl-C or SIGTERM: trials stop at their next batch; stragglers are terminated, then killed."""
+        self.stop_event.set()
+        started = time.time()
+
+        def wait(seconds: float) -> None:
+            while self.running() and time.time() < started + seconds:
+                time.sleep(0.2)
+
+        wait(3)  # Ctrl-C in a terminal reached the worker processes too
+        for p in self.processes:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker stops its trial at the next batch
+        wait(STOP_WAIT_SECONDS)
+        for p in self.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
