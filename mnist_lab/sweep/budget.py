@@ -53,7 +53,7 @@ def count(study) -> Counts:
 
 def worker_lost(t) -> bool:
     """A failed trial whose worker was killed or interrupted; the objective records a reason for every other failure."""
-    return not t.user_attrs.get("fail_reason") or bool(t.user_attrs.get("interrupted"))
+    return "fail_reason" not in t.user_attrs or bool(t.user_attrs.get("interrupted"))
 
 
 def failures_in_a_row(study) -> int:

@@ -25,7 +25,7 @@ from rich.console import Console
 from mnist_lab import champion, tracking
 from mnist_lab.config import Interrupted
 from mnist_lab.sweep import budget, display, records, recovery
-from mnist_lab.sweep.optuna_study import open_study
+from mnist_lab.sweep.optuna_study import make_storage, open_study
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.workers import WorkerSettings, Workers, raise_interrupt
 
@@ -55,7 +55,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     study, created = open_study(setup, storage_url)
     parent_run_id = parent_run(study, setup, created)
     # What a SIGKILLed run of this command left behind on this machine is settled before anything starts.
-    recovery.reap_dead_trials(study)
+    recovery.reap_dead_trials(study, make_storage(storage_url))
     records.end_dead_runs(MlflowClient(), setup, parent_run_id)
     if created and (baseline := setup.space.baseline_values()):
         # The first trial is the base config itself: every other trial is judged against it.
@@ -73,18 +73,27 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
             progress.update()
         if stop.is_set():  # the worker thread was stopped by a signal of its own
             raise KeyboardInterrupt
-        return conclude(setup, study, storage_url, parent_run_id, end)
+        return conclude(setup, storage_url, parent_run_id, end)
     except KeyboardInterrupt:
         workers.stop()
-        raise interrupted(setup, study, parent_run_id, workers.ids) from None
+        raise interrupted(setup, storage_url, parent_run_id, workers.ids) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def conclude(setup: StudySetup, study, storage_url: str, parent_run_id: str, end: float | None) -> dict[str, Any]:
+def reload(setup: StudySetup, storage_url: str):
+    """The study read afresh: what the workers wrote, not what the live display cached (it may have
+    been interrupted half-way through refreshing its cache)."""
+    import optuna
+
+    return optuna.load_study(study_name=setup.name, storage=make_storage(storage_url))
+
+
+def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, end: float | None) -> dict[str, Any]:
     """After the search: say why it stopped, confirm the best trials over seeds, crown, evaluate once."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log file gets whole lines, not 80 columns
+    study = reload(setup, storage_url)
     space = setup.space
     counts = budget.count(study)
     stopped, done = budget.why_stopped(study, space, end)
@@ -118,10 +127,10 @@ def conclude(setup: StudySetup, study, storage_url: str, parent_run_id: str, end
     return summary
 
 
-def interrupted(setup: StudySetup, study, parent_run_id: str, worker_ids: set[str]) -> Interrupted:
+def interrupted(setup: StudySetup, storage_url: str, parent_run_id: str, worker_ids: set[str]) -> Interrupted:
     """Leave nothing RUNNING: the trials interrupted are queued to run first on resume, their runs
     and the study's run end KILLED."""
-    settled = recovery.settle_interrupted(study, worker_ids)
+    settled = recovery.settle_interrupted(reload(setup, storage_url), make_storage(storage_url), worker_ids)
     # A confirmation seed cut short, or a trial run the retry above did not reach, ends KILLED too.
     records.end_interrupted(MlflowClient(), setup, parent_run_id, worker_ids)
     which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""

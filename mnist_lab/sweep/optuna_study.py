@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import lru_cache
 
 from mnist_lab import tracking
 from mnist_lab.config import MnistLabError
@@ -22,7 +23,9 @@ def default_storage() -> str:
     return f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
 
 
+@lru_cache(maxsize=None)
 def make_storage(url: str):
+    """The storage at `url`, opened once per process (its heartbeat settings and the retry of dead trials included)."""
     import optuna
 
     # Heartbeats and stale-trial handling are "experimental" in Optuna since 2.9; we rely on them knowingly.

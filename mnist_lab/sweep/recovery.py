@@ -37,7 +37,7 @@ def retry(study, trial, max_retry: int | None, reason: str) -> None:
     from mlflow import MlflowClient
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    clean = copy.copy(trial)
+    clean = copy.deepcopy(trial)
     clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED_ATTRS}
     RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
     run_id = trial.user_attrs.get("mlflow_run_id")
@@ -52,28 +52,39 @@ def retried_trial_number(trial) -> int | None:
     return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
-def fail_running(study, number: int):
-    """Mark the RUNNING trial `number` FAIL; None if another process finished it first."""
+def fail_running(storage, study_name: str, number: int, **user_attrs):
+    """Mark the RUNNING trial `number` FAIL, with `user_attrs` first; its frozen record, or None if
+    another process finished it first. Storage calls, not `study.tell`: telling would run the
+    sampler's `after_trial` (a grid sampler stops the study there) outside any optimisation."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    trial_id = trial_id_of(storage, study_name, number)
     try:
-        return study.tell(number, state=TrialState.FAIL)
-    except (ValueError, RuntimeError):  # "Cannot tell a FAIL trial", or the storage's UpdateFinishedTrialError
+        for key, value in user_attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (UpdateFinishedTrialError, RuntimeError):
         return None
+    return storage.get_trial(trial_id)
 
 
-def reap_dead_trials(study) -> None:
+def trial_id_of(storage, study_name: str, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def reap_dead_trials(study, storage) -> None:
     """Trials whose worker on this machine is gone are failed and retried now, not after the grace period."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if tracking.worker_is_dead(t.user_attrs.get("worker")):
-            failed = fail_running(study, t.number)
+            failed = fail_running(storage, study.study_name, t.number)
             if failed is not None:  # else another worker reaped it first
                 on_dead_trial(study, failed)
 
 
-def settle_interrupted(study, workers: set[str]) -> list[int]:
+def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
     """After Ctrl-C: the trials `workers` were running are failed (if they did not stop in time),
     queued again at the front, and their MLflow runs ended KILLED; returns their numbers."""
     from optuna.trial import TrialState
@@ -82,9 +93,10 @@ def settle_interrupted(study, workers: set[str]) -> list[int]:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("worker") not in workers or t.user_attrs.get("surplus"):
             continue
-        if t.state == TrialState.RUNNING:
-            t = fail_running(study, t.number) or t  # it did not stop in time: failed here, with no reason of its own
-        if t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or not t.user_attrs.get("fail_reason")):
+        if t.state == TrialState.RUNNING:  # it did not stop in time (or its worker failed it a moment ago: read it again)
+            t = (fail_running(storage, study.study_name, t.number, interrupted=True)
+                 or storage.get_trial(trial_id_of(storage, study.study_name, t.number)))
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
             settled.append(t.number)
     return settled

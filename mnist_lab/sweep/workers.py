@@ -39,14 +39,15 @@ def work(settings: WorkerSettings, stop: threading.Event) -> None:
     import optuna
 
     from mnist_lab.sweep.objective import Objective
-    from mnist_lab.sweep.optuna_study import open_study
+    from mnist_lab.sweep.optuna_study import make_storage, open_study
 
     study, _ = open_study(settings.study, settings.storage_url, settings.index)
+    storage = make_storage(settings.storage_url)
     space = settings.study.space
     objective = Objective(settings.study, settings.parent_run_id, stop)
     try:
         while not stop.is_set():
-            recovery.reap_dead_trials(study)
+            recovery.reap_dead_trials(study, storage)
             optuna.storages.fail_stale_trials(study)
             if not budget.may_start_another(study, space, settings.end):
                 break
@@ -122,7 +123,8 @@ class Workers:
             tick()
 
     def running(self) -> bool:
-        return any(not t.done.is_set() for t in self.threads) or any(p.is_alive() for p in self.processes)
+        # A thread not started yet (Ctrl-C while the display opens) is not running.
+        return any(t.ident is not None and not t.done.is_set() for t in self.threads) or any(p.is_alive() for p in self.processes)
 
     def stop(self) -> None:
         """After Ctrl-C or SIGTERM: trials stop at their next batch; stragglers are terminated, then killed."""
