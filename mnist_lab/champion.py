@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_lab import tracking
-from mnist_lab.config import Config, MnistLabError
+from mnist_lab.config import Config
+from mnist_lab.errors import MnistLabError
 from mnist_lab.stats import ALPHA, BASELINE, CHAMPION, welch_greater
 
 # The data settings that decide which images are validation images: runs that differ in any of
@@ -78,6 +79,16 @@ def contender(client, run, label: str, rank: int) -> Contender:
     return Contender(label, rank, run.info.run_id, config, split, {config.train.seed: run.data.metrics["val_accuracy"]})
 
 
+def baseline_contender(config: Config, source_run_id: str, rank: int, data_dir: str | None) -> Contender:
+    """The baseline of a space that does not contain it (so no trial ran it): confirmed from its config,
+    seed 0 first, its runs filed under the study's own run."""
+    from mnist_lab import data
+
+    flat = config.flat()  # MLflow holds params as text: the split compares as the runs' params do
+    split = (data.load_split(config.data, data_dir).digest, *(str(flat[k]) for k in SPLIT_KEYS))
+    return Contender(BASELINE, rank, source_run_id, config, split)
+
+
 def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender]) -> None:
     """Fill in seeds already trained for these configurations (by this study or `make confirm`)."""
     ids = {c.source_run_id: c for c in contenders}
@@ -130,9 +141,16 @@ def current_champion(client):
     return version, (client.get_run(version.run_id) if version.run_id else None)
 
 
-def judge(best: Contender, incumbents: list[Contender]) -> tuple[bool, str, dict[str, float]]:
-    """Pure: does `best` beat every incumbent on the same validation images with p < ALPHA?"""
+def judge(best: Contender, incumbents: list[Contender], floor: float = 0.0) -> tuple[bool, str, dict[str, float]]:
+    """Pure: is `best` over the floor, and does it beat every incumbent on the same validation images
+    with p < ALPHA? With no incumbent at all there is nothing it was shown to beat: no crown."""
     p_values: dict[str, float] = {}
+    if best.mean < floor:
+        return False, (f"no confirmed improvement: {best.label} ({best.mean:.4f} over {len(best.scores)} seeds) is under the "
+                       f"floor confirm.min_val_accuracy = {floor:g}; nothing that scores so is crowned"), p_values
+    if not incumbents:
+        return False, (f"no confirmed improvement: {best.label} was compared with nothing (no baseline, no champion on "
+                       "these validation images); a champion must beat one"), p_values
     for other in incumbents:
         if other.split != best.split:
             return False, (f"no confirmed improvement: {other.label} was scored on other validation images "
@@ -146,8 +164,6 @@ def judge(best: Contender, incumbents: list[Contender]) -> tuple[bool, str, dict
     summary = ", ".join(f"{label}: p = {p:.3g}" for label, p in p_values.items())
     if failed:
         return False, f"no confirmed improvement: {best.label} ({best.mean:.4f}) does not beat {' and '.join(failed)} with p < {ALPHA} ({summary})", p_values
-    if not p_values:
-        return True, f"{best.label} is crowned: there is no baseline or champion to beat ({best.mean:.4f} over {len(best.scores)} seeds)", p_values
     return True, f"{best.label} beats {' and '.join(p_values)} ({best.mean:.4f} over {len(best.scores)} seeds; {summary})", p_values
 
 
@@ -172,10 +188,12 @@ def claim_confirmation(client, parent_run_id: str) -> bool:
     return client.get_run(parent_run_id).data.tags.get(LOCK_TAG) == me
 
 
-def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[str], baseline_run_id: str | None,
+def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[str], baseline: str | Config,
                       top: int, seeds: int, data_dir: str | None = None, deadline: float | None = None,
-                      on_result=None) -> Verdict:
-    """Retrain the top `top` trials, the baseline and the current champion to `seeds` seeds; crown if confirmed."""
+                      on_result=None, floor: float = 0.0) -> Verdict:
+    """Retrain the top `top` trials, the baseline and the current champion to `seeds` seeds; crown if
+    confirmed. `baseline`: the baseline trial's run id, or, when the space does not contain the
+    baseline, its config (confirmed all the same: a winner is always judged against it)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -186,19 +204,22 @@ def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[
         return Verdict(False, "another worker of this study is running its confirmation; its verdict goes on the study's run",
                        deferred=True)
     try:
-        return _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline_run_id,
-                                  top, seeds, data_dir, deadline, on_result)
+        return _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline,
+                                  top, seeds, data_dir, deadline, on_result, floor)
     finally:
         client.delete_tag(parent_run_id, LOCK_TAG)
 
 
-def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline_run_id, top, seeds,
-                       data_dir, deadline, on_result) -> Verdict:
+def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline, top, seeds,
+                       data_dir, deadline, on_result, floor) -> Verdict:
+    baseline_run_id = baseline if isinstance(baseline, str) else None
     runs = [client.get_run(r) for r in [r for r in ranked_run_ids if r != baseline_run_id][:top]]
     candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
     incumbents: list[Contender] = []
     if baseline_run_id:
         incumbents.append(contender(client, client.get_run(baseline_run_id), BASELINE, len(candidates) + 1))
+    elif baseline is not None:
+        incumbents.append(baseline_contender(baseline, parent_run_id, len(candidates) + 1, data_dir))
     version, champion_run = current_champion(client)
     reigning = champion_run is not None and champion_run.info.run_id in {c.source_run_id for c in candidates}
     if champion_run is not None and not reigning and champion_run.info.run_id != baseline_run_id:
@@ -216,7 +237,7 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
         reason = f"{best.label} is already mnist-cnn@champion (version {version.version})"
         client.set_tag(parent_run_id, "confirmation", reason)
         return Verdict(False, reason, best, everyone, model_version=version.version)
-    promoted, reason, p_values = judge(best, incumbents)
+    promoted, reason, p_values = judge(best, incumbents, floor)
     verdict = Verdict(promoted, reason, best, everyone, p_values)
     client.set_tag(parent_run_id, "confirmation", reason[:5000])
     if promoted:
@@ -267,12 +288,19 @@ def evaluate_once(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
     return {"run_id": run_id, "test_accuracy": accuracy}
 
 
-def evaluate_answer(verdict: Verdict, best_run_id: str, data_dir: str | None = None) -> dict[str, Any] | None:
+def evaluate_answer(verdict: Verdict, best_run_id: str, floor: float, data_dir: str | None = None) -> dict[str, Any] | None:
     """The study's one test-set evaluation: of the champion if one was crowned, else of the search's
-    best run; none while another worker of the study is still confirming."""
+    best run if it scored at least the floor (the test set is not spent on a failed-looking model);
+    none while another worker of the study is still confirming."""
+    from mlflow import MlflowClient
+
     if verdict.deferred:
         return None
-    return evaluate_once(verdict.best.source_run_id if verdict.promoted else best_run_id, data_dir)
+    if verdict.promoted:
+        return evaluate_once(verdict.best.source_run_id, data_dir)
+    if MlflowClient().get_run(best_run_id).data.metrics.get("val_accuracy", 0.0) < floor:
+        return None
+    return evaluate_once(best_run_id, data_dir)
 
 
 def ranked_trial_runs(client, parent_run, metric: str, maximize: bool) -> list:

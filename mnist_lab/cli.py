@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 # TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise on a CLI.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # MLflow 3 reports usage to its developers; a lab on a closed network would only wait on it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A tracking server that dies mid-study is noticed in seconds: MLflow's defaults retry each request
+# 7 times with exponential back-off and a 120 s timeout (a 13-minute stall was measured).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+# MLflow's own "View run ... at: <tracking URI>" lines would print a password in that URI; the lab
+# prints its own links, with passwords masked.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-from mnist_lab.config import Interrupted, MnistLabError  # noqa: E402
+from mnist_lab.errors import Interrupted, MnistLabError  # noqa: E402
 from mnist_lab.startup import import_tensorflow  # noqa: E402
 
 
@@ -25,17 +35,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)  # a bad config fails before TensorFlow is loaded
     from mnist_lab import tracking
+    from mnist_lab.errors import check_save_path
 
-    tracking.setup()  # and so does a tracking store that cannot be used
+    check_save_path(args.save)  # and a --save that cannot be written: before minutes of training
+    experiment_id = tracking.setup()  # and a tracking store that cannot be used
     import_tensorflow()
-    from mnist_lab.train import check_save_path, train
+    from mnist_lab.train import train
 
-    check_save_path(args.save)
     result = train(config, data_dir=args.data_dir, evaluate_test=args.evaluate_test, save=args.save)
     print(
         f"run {result.run_id}: val_accuracy {result.val_accuracy:.4f}, val_loss {result.val_loss:.4f} "
         f"after {result.epochs_run} epochs, {result.train_seconds / result.epochs_run:.1f} s/epoch"
     )
+    if tracking.ui_url() != tracking.UI_URL:  # a tracking server: where to see the run (password masked)
+        print(f"  {tracking.run_link(experiment_id, result.run_id)}")
     if result.test_accuracy is not None:
         print(f"test_accuracy {result.test_accuracy:.4f}, test_loss {result.test_loss:.4f}")
     if args.save:
@@ -109,6 +122,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
     if args.top < 1 or args.seeds < 2:  # before MLflow and TensorFlow load
         raise MnistLabError(f"--top {args.top} --seeds {args.seeds}: need at least 1 configuration and 2 seeds (a spread needs two)")
+    if args.study:
+        tracking.check_study_name(args.study)
     experiment_id = tracking.setup()
     import_tensorflow()
     contenders = champion.confirm_top(
@@ -236,6 +251,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args, extra = ap.parse_known_args(argv)
@@ -249,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
+    stopping = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    # SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) stop a command as
+    # Ctrl-C does: runs end KILLED, a sweep queues its trial again and says how to resume.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in stopping}
     try:
         return args.func(args)
     except Interrupted as e:
@@ -260,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mnist-lab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

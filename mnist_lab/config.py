@@ -12,27 +12,16 @@ training, with a one-line message naming the file, the key and what is allowed.
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mnist_lab.errors import ConfigError, did_you_mean, first_error, missing
+
 MNIST_TRAIN_IMAGES = 60_000
 IMAGE_SIZE = 28  # pixels, square
-
-
-class MnistLabError(Exception):
-    """Bad input from a person (file, key, value): the CLI prints it as one line, no traceback."""
-
-
-class ConfigError(MnistLabError):
-    pass
-
-
-class Interrupted(MnistLabError):
-    """Ctrl-C or SIGTERM: the command stopped cleanly; the message says how to resume (exit 130)."""
 
 
 class _Section(BaseModel):
@@ -56,10 +45,8 @@ class DataConfig(_Section):
             if not 0 < v < 1:
                 raise ValueError(f"a fraction must be in (0, 1), got {v}")
             if not 10 <= round(v * MNIST_TRAIN_IMAGES) <= MNIST_TRAIN_IMAGES - 1000:
-                raise ValueError(
-                    f"{v} of {MNIST_TRAIN_IMAGES:,} images is {round(v * MNIST_TRAIN_IMAGES):,}; the validation set "
-                    f"needs 10 to {MNIST_TRAIN_IMAGES - 1000:,} (at least one per digit)"
-                )
+                raise ValueError(f"{v} of {MNIST_TRAIN_IMAGES:,} images is {round(v * MNIST_TRAIN_IMAGES):,}; the validation "
+                                 f"set needs 10 to {MNIST_TRAIN_IMAGES - 1000:,} (at least one per digit)")
         elif not 10 <= v <= MNIST_TRAIN_IMAGES - 1000:
             raise ValueError(f"must be between 10 and {MNIST_TRAIN_IMAGES - 1000} images (at least one per digit), got {v}")
         return v
@@ -241,18 +228,12 @@ def get_dotted(tree: Any, key: str) -> Any:
     return tree
 
 
-def did_you_mean(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, [str(k) for k in known], n=1)
-    allowed = ", ".join(str(k) for k in known)
-    return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {allowed})"
-
-
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give a YAML file such as experiments/baseline.yaml")
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file; experiments live in experiments/*.yaml")
+        raise ConfigError(f"{path}: {missing(path)}; experiments live in experiments/*.yaml")
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -324,15 +305,6 @@ def _unknown_keys(diff: Any, known: Any, prefix: str = "") -> str | None:
         if found:
             return found
     return None
-
-
-def first_error(error: ValidationError, skip: tuple[str, ...] = ()) -> tuple[str, str, dict]:
-    """(dotted key, message, pydantic's error) of the error to show, for configs and space files alike.
-    An unknown key comes first: a misspelt key also leaves the real one missing, and the misspelling
-    is the news. `skip`: pydantic's own location parts (union members), which no person wrote."""
-    first = min(error.errors(), key=lambda err: err["type"] != "extra_forbidden")
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(skip))
-    return loc, first["msg"].removeprefix("Value error, "), first
 
 
 def _describe(error: ValidationError) -> tuple[str, str]:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from mnist_lab.config import DataConfig, MnistLabError
+from mnist_lab.config import DataConfig
+from mnist_lab.errors import MnistLabError
 
 # Where keras.datasets.mnist downloads from when no folder is given.
 DOWNLOAD_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"

@@ -20,7 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mnist_lab import tracking
-from mnist_lab.config import IMAGE_SIZE, MnistLabError
+from mnist_lab.config import IMAGE_SIZE
+
+from mnist_lab.errors import MnistLabError, missing
 
 DIGIT_BOX = 20  # px: MNIST scaled each digit's longest side to 20 and padded to 28
 INK_THRESHOLD = 0.25  # fraction of the ink's full intensity that counts as ink when cropping
@@ -59,7 +61,7 @@ def to_mnist(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise ImageError(f"{path}: is a directory; give image files (e.g. {path}/*.png)")
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: {missing(path)}")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty")
     try:
@@ -80,7 +82,13 @@ def to_mnist(path: str | Path) -> np.ndarray:
                     rgba = img.convert("RGBA")
                     paper = Image.new("RGBA", rgba.size, "white")
                     img = Image.alpha_composite(paper, rgba)
-                gray = np.asarray(img.convert("L"), dtype=np.float32)
+                if img.mode.startswith(("I", "F")):
+                    # 16-bit (or 32-bit) grey: convert("L") would clip every value over 255 to white.
+                    wide = np.asarray(img, dtype=np.float64)
+                    top = 65535.0 if wide.max() > 255 else 255.0
+                    gray = (np.clip(wide, 0, top) * (255.0 / top)).astype(np.float32)
+                else:
+                    gray = np.asarray(img.convert("L"), dtype=np.float32)
     except Image.DecompressionBombError as e:  # Pillow's own limit, above ours: refused at open
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         raise ImageError(_too_large(path, pixels=int(pixels[1]) if pixels else 0)) from None

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
-from mnist_lab.config import MnistLabError
+from mnist_lab.errors import MnistLabError
 
 DEFAULT_EXPERIMENT = "mnist-lab"
 MODEL_NAME = "mnist-cnn"  # the registered model; its alias `champion` is what predict uses
@@ -108,13 +110,16 @@ def setup(experiment: str | None = None) -> str:
     runs on MLflow's active experiment, or reads the experiment id off the runs it holds."""
     # Per-file download bars when loading a model are noise between our own output lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow announces creating and migrating its tables on stderr; that is not news to a person.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # MLflow announces creating and migrating its tables on stderr, and logs a database error with its
+    # traceback before raising it: the lab says both in its own words (a lost store: one paragraph).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     artifact_location = None
     if os.environ.get("MLFLOW_TRACKING_URI"):
         # Set it explicitly too: an earlier set_tracking_uri in this process would win over the variable.
         uri = os.environ["MLFLOW_TRACKING_URI"]
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns of whatever folder runs first
+            artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     else:
         uri, artifact_location = default_store()
     mlflow.set_tracking_uri(uri)
@@ -146,6 +151,21 @@ def open_experiment(uri: str, name: str, artifact_location: str | None) -> str:
     except MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistLabError(f"tracking store {redact(uri)}: {redact(first)[:200]}") from None
+    except (SQLAlchemyError, sqlite3.DatabaseError) as e:  # a truncated or overwritten database file
+        cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:120]
+        raise MnistLabError(f"tracking store {redact(uri)}: cannot be read ({cause}); the file is damaged: move it away "
+                            "to start a new store there, or restore it from a backup") from None
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file name too: reports/<study>/, mlruns/keras_tuner/<study>/
+
+
+def check_study_name(name: str) -> str:
+    """A study's name becomes a folder name and a value in MLflow's filters: letters, digits, '.', '_', '-'."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise MnistLabError(f"--study {name!r}: a study name is letters, digits, '.', '_' and '-' (up to 100, no '..'), "
+                            "since it names folders and MLflow tags; e.g. --study sweep-wide")
+    return name
 
 
 def latest_study(client, experiment_id: str) -> str:
@@ -159,6 +179,7 @@ def latest_study(client, experiment_id: str) -> str:
 
 def study_run(client, experiment_id: str, name: str):
     """The study's own MLflow run (the newest, if a name was reused)."""
+    check_study_name(name)
     parents = client.search_runs([experiment_id], f"tags.`mnist_lab.kind` = 'study' and tags.study = '{name}'",
                                  order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
@@ -280,6 +301,12 @@ def cpu_model() -> str:
 def command_line() -> str:
     """The command as typed, passwords masked: it is stored on runs and printed as the way to resume."""
     return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+
+
+def resume_command() -> str:
+    """The command line that resumes this one, with the tracking store it logged to (password masked)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow sets it too, to the default store: that one goes without saying
+    return (f"MLFLOW_TRACKING_URI={redact(uri)} " if uri and uri != default_store()[0] else "") + command_line()
 
 
 def provenance_tags() -> dict[str, str]:

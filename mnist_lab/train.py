@@ -29,7 +29,8 @@ import numpy as np
 import yaml
 
 from mnist_lab import data, plots, tracking
-from mnist_lab.config import Config, MnistLabError
+from mnist_lab.config import Config
+from mnist_lab.errors import MnistLabError, check_save_path
 from mnist_lab.model import build_model
 
 
@@ -99,17 +100,11 @@ class _KerasFlavor:
 
 
 def _log_keras_model(model: keras.Model, example: np.ndarray, probs: np.ndarray) -> None:
-    mlflow.models.Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=_KerasFlavor,
-        model=model,
-        signature=mlflow.models.infer_signature(example, probs),
-        input_example=example,
-        # MLflow would otherwise infer these by re-importing the model in a subprocess, for every
-        # model logged: 9-14 s a run on 2 cores (more than a small trial's training).
-        pip_requirements=model_requirements(),
-    )
+    # pip_requirements: MLflow would otherwise infer them by re-importing the model in a subprocess,
+    # for every model logged: 9-14 s a run on 2 cores (more than a small trial's training).
+    mlflow.models.Model.log(artifact_path=None, name="model", flavor=_KerasFlavor, model=model,
+                            signature=mlflow.models.infer_signature(example, probs), input_example=example,
+                            pip_requirements=model_requirements())
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,15 +147,8 @@ def bfloat16_hardware() -> bool:
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def keras_verbosity() -> int:
-    # A progress bar for people at a terminal; nothing in CI logs or pipes.
+def keras_verbosity() -> int:  # a progress bar for people at a terminal; nothing in CI logs or pipes
     return 1 if sys.stdout.isatty() and not os.environ.get("CI") else 0
-
-
-def check_save_path(save: str | Path | None) -> Path | None:
-    if save is not None and Path(save).suffix != ".keras":
-        raise MnistLabError(f"--save {save}: Keras saves models as .keras files; use a path ending in .keras")
-    return Path(save) if save is not None else None
 
 
 def train(

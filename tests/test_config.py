@@ -1,6 +1,8 @@
 import pytest
 
-from mnist_lab.config import Config, ConfigError, load_config, parse_overrides
+from mnist_lab.config import Config, load_config, parse_overrides
+
+from mnist_lab.errors import ConfigError
 
 from conftest import REPO
 

@@ -185,3 +185,15 @@ def test_bad_model_uri_is_one_line(store, test_digits, capsys):
     assert main(["predict", str(digit), "--model", "nope.keras"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("mnist-lab predict: error: --model") for line in err)
+
+
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(test_digits, tmp_path):
+    """A 16-bit PNG or TIFF (scanners write them) reads as its 8-bit copy does: Pillow's convert('L')
+    would clip every value over 255 to white, and a seven read as '8 (65%)'."""
+    digit = test_digits[0][0]  # a seven
+    eight_bit = to_mnist(save_png(digit, tmp_path / "seven.png"))
+    wide = Image.fromarray((digit.astype(np.uint16) * 257))  # 0..65535
+    assert wide.mode.startswith("I")
+    for suffix in (".png", ".tif"):
+        wide.save(tmp_path / f"seven16{suffix}")
+        assert np.abs(to_mnist(tmp_path / f"seven16{suffix}") - eight_bit).max() < 0.02, suffix

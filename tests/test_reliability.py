@@ -138,7 +138,10 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["confirmation"]  # the verdict was reached after all
     seeds = [r for r in runs_of("smoke-optuna", "confirm") if r.info.status == "FINISHED"]
-    assert len(seeds) == 1  # smoke confirms the best trial with one more seed: the killed one was redone once
+    # smoke confirms its best trial with one more seed and the baseline (not in its space) with two:
+    # each once, the killed one redone
+    assert sorted((r.data.tags["source_label"], r.data.tags["seed"]) for r in seeds) == [
+        ("baseline", "0"), ("baseline", "1"), (f"trial {parents[0].data.tags['best_trial']}", "1")]
 
 
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_where_they_stopped(store):
@@ -192,6 +195,25 @@ def test_a_space_that_keeps_failing_stops_at_its_limit_exits_non_zero_and_crowns
     parent = runs_of("doomed-optuna", "study")[0]
     assert parent.info.status == "FAILED" and "failed in a row" in parent.data.tags["stopped"]
     assert not MlflowClient().search_registered_models()  # an unfinished study crowns nothing
+    assert "no complete trial yet, so no table of the best" in out.stdout  # not an empty "top 0" table
+    # A study with no complete trial still gets its report (the failures and why), and confirm says
+    # in one line that there is nothing to confirm.
+    report = subprocess.run([str(Path(sweep_cmd()[0])), "report"], env=os.environ | ENV, capture_output=True, text=True)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr[-2000:]
+    assert "larger than the 12x12 feature map" in (store / "reports" / "doomed-optuna" / "report.md").read_text()
+    one_line_error(cli("confirm"), "study doomed-optuna: no complete trial to confirm")
+
+
+def test_a_study_name_reused_in_another_storage_is_refused_not_shadowed(store, tmp_path):
+    """A new Optuna storage with a study name the MLflow store already knows would file its trials
+    beside the old study's in every report: refused in one line, and the new storage left without it."""
+    first = cli("sweep", SMOKE, "--n-trials", "1", "--storage", f"sqlite:///{tmp_path / 'a.db'}", cwd=store, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = f"sqlite:///{tmp_path / 'b.db'}"
+    one_line_error(cli("sweep", SMOKE, "--n-trials", "1", "--storage", other, cwd=store, timeout=300),
+                   "study smoke-optuna: the MLflow store already holds a study of that name")
+    assert not optuna.get_all_study_names(other)
+    assert len(runs_of("smoke-optuna", "study")) == 1
 
 
 # --- bad input: refused in about a second, before TensorFlow loads, blaming the right thing ----------
@@ -210,6 +232,12 @@ BAD_INPUTS = [
     (["sweep", SMOKE, "--n-trials", "0"], "--n-trials 0: input should be greater than 0"),
     (["sweep", SMOKE, "--workers", "0"], "--workers 0: must be at least 1"),
     (["sweep", SMOKE, "model.dropout=2"], "command line: model.dropout=2: must be in [0, 1)"),
+    # a study name is a folder name: one that is a path would write outside reports/ or mlruns/
+    (["sweep", SMOKE, "--study", "../../esc"], "--study '../../esc': a study name is letters, digits"),
+    (["report", "--study", "../../esc"], "--study '../../esc': a study name is letters, digits"),
+    (["confirm", "--study", "a'b"], "--study \"a'b\": a study name is letters, digits"),
+    # --save is checked before minutes of training, not after
+    (["train", BASELINE, "--save", "/"], "--save /: Keras saves models as .keras files"),
 ]
 
 
@@ -283,3 +311,44 @@ def test_mlruns_that_is_a_file_or_read_only(bare_store):
     else:
         (store / "mlruns").chmod(0o555)
         one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Permission denied)")
+
+
+def test_save_onto_a_folder_is_refused_before_training(bare_store, capsys):
+    from mnist_lab.cli import main
+
+    (bare_store / "model.keras").mkdir()
+    assert main(["train", BASELINE, "--save", "model.keras"]) == 2
+    assert "--save model.keras: is a folder" in capsys.readouterr().err
+    assert not (bare_store / "mlruns").exists()  # refused before the store was even made
+
+
+def test_a_read_only_folder_with_a_tracking_server_elsewhere(store, tmp_path):
+    """The current folder is read-only but MLFLOW_TRACKING_URI points elsewhere: the commands that
+    would write here (the default Optuna storage, reports/) say so in one line, before any training."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"}
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.decode().strip()}")
+    else:
+        folder.chmod(0o555)
+    try:
+        one_line_error(cli("sweep", SMOKE, env=env, cwd=folder), "mlruns/: cannot hold the Optuna storage here")
+        out = cli("sweep", SMOKE, "--storage", f"sqlite:///{store / 'optuna.db'}", env=env, cwd=store, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]  # a study to report on
+        one_line_error(cli("report", env=env, cwd=folder), "--out reports: cannot write the report there")
+        one_line_error(cli("train", BASELINE, "--save", "m.keras", env=env, cwd=folder), "--save m.keras:")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_damaged_tracking_store_and_a_symlink_loop_are_named(bare_store):
+    (bare_store / "mlruns").mkdir()
+    (bare_store / "mlruns" / "mlflow.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 80)  # truncated
+    err = one_line_error(cli("train", BASELINE), "mlruns/mlflow.db: cannot be read")
+    assert "the file is damaged: move it away" in err
+    (bare_store / "loop.yaml").symlink_to(bare_store / "loop.yaml")
+    one_line_error(cli("train", str(bare_store / "loop.yaml")), "loop.yaml: is a symbolic link that loops back on itself")

@@ -64,10 +64,11 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     client = MlflowClient()
     confirms = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm' and tags.study = 'smoke-optuna'")
     trials = client.search_runs([experiment_id], "tags.study = 'smoke-optuna' and tags.`mnist_lab.kind` = 'trial'")
-    # seed 1 of the best trial from the sweep's own confirmation, then seed 1 of the second from
-    # `mnist-lab confirm`: one retraining path, validation only. The test set is evaluated once per
-    # configuration, on its trial's own run (the best's by the sweep, the second's by confirm).
-    assert len(confirms) == 2 and not any("test_accuracy" in r.data.metrics for r in confirms)
+    # seed 1 of the best trial and seeds 0-1 of the baseline (not in the space) from the sweep's own
+    # confirmation, then seed 1 of the second trial from `mnist-lab confirm`: one retraining path,
+    # validation only. The test set is evaluated once per configuration, on its trial's own run (the
+    # best's by the sweep, the second's by confirm).
+    assert len(confirms) == 4 and not any("test_accuracy" in r.data.metrics for r in confirms)
     assert sum("test_accuracy" in r.data.metrics for r in trials) == 2
     parent = client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'study' and tags.study = 'smoke-optuna'")[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
@@ -77,7 +78,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     assert f"**confirmation over seeds:** {parent.data.tags['confirmation']}" in md
     assert f"search: {parent.data.tags['stopped']}" in md
     table, _, _ = analysis.confirmation(runs.load_study(client, experiment_id, "smoke-optuna"))
-    assert list(table.seeds) == [2, 2] and all(table.configuration.str.startswith("trial "))
+    assert list(table.seeds) == [2, 2, 2] and sorted(table.configuration.str.split(" ").str[0]) == ["baseline", "trial", "trial"]
 
     if not chromium():
         pytest.fail("Chromium is not installed: apt-get install chromium (.ci/run does)")
@@ -109,7 +110,8 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
         assert inputs["training"].source == f'{{"uri": "{mnist_dir}"}}'
         digests.add((inputs["training"].digest, inputs["validation"].digest))
     assert len(digests) == 1 and len(set(*digests)) == 2  # the same images in every run; training is not validation
-    assert all(r.info.run_name.startswith("confirm · trial ") for r in confirms)
+    assert sorted(r.info.run_name.rsplit(" · ", 1)[0] for r in confirms)[:2] == ["confirm · baseline"] * 2
+    assert all(r.info.run_name.startswith(("confirm · trial ", "confirm · baseline · seed ")) for r in confirms)
     assert not [r for r in client.search_runs([experiment_id], "tags.champion = 'true'")]  # the alias is the one record
     version = client.get_model_version_by_alias("mnist-cnn", "champion")
     assert version.tags["study"] in ("smoke-optuna", "smoke-keras-tuner") and version.tags["data_digest"].startswith("sha256:")

@@ -106,3 +106,18 @@ def test_the_report_judges_a_trial_against_an_incumbent_by_the_sweeps_gate():
     # two trials: no side was chosen beforehand, so the two-sided test
     tied = compare_seeds("trial 7", np.array(trial), "trial 18", np.array([0.9918, 0.9936, 0.9930]))[1]
     assert tied.startswith("trial 7 and trial 18 are tied within noise (two-sided p = 0.70")
+
+
+def test_nothing_is_crowned_under_the_floor_or_without_an_incumbent():
+    # Every trial diverged (val 0.10-0.11): the best beats the baseline, which diverged too, but
+    # nothing that scores so is a champion.
+    low = contender("trial 3", [0.1100, 0.1090, 0.1105])
+    promoted, reason, _ = judge(low, [contender("baseline", [0.0980, 0.0990, 0.0985])], floor=0.9)
+    assert not promoted and "under the floor confirm.min_val_accuracy = 0.9" in reason
+    # A good trial with nothing to compare it with (no baseline confirmed, no champion) is not crowned either.
+    promoted, reason, p = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [], floor=0.9)
+    assert not promoted and p == {} and "compared with nothing" in reason
+    # Over the floor and beating the baseline: crowned.
+    promoted, _, p = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [contender("baseline", [0.9900, 0.9896, 0.9905])],
+                           floor=0.9)
+    assert promoted and p["baseline"] < 0.05

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -12,11 +13,11 @@ from mlflow import MlflowClient
 
 from mnist_lab import tracking
 from mnist_lab.cli import main
-from mnist_lab.config import ConfigError
+from mnist_lab.errors import ConfigError
 from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH
 from mnist_lab.sweep.space import load_space
 
-from conftest import REPO
+from conftest import REPO, crownable_smoke
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
 
@@ -51,7 +52,8 @@ def assert_one_run_per_trial(study_name, study):
 
 
 def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store, capsys):
-    assert main(["sweep", SMOKE]) == 0
+    space = crownable_smoke(store)
+    assert main(["sweep", space]) == 0
     storage = f"sqlite:///{store / 'mlruns' / 'optuna.db'}"
     study = load(storage, "smoke-optuna")
     assert len(finished(study)) == 3
@@ -70,12 +72,17 @@ def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store
     assert version.run_id == best.info.run_id and "test_accuracy" in client.get_run(best.info.run_id).data.metrics
     out = capsys.readouterr().out
     assert "registered as mnist-cnn@champion" in out and "top 3 of 3" in out
+    # the baseline is not in this space: it was confirmed from its config, beside the winner
+    baseline_seeds = [r for r in runs_of("smoke-optuna", "confirm") if r.data.tags["source_label"] == "baseline"]
+    assert sorted(r.data.tags["seed"] for r in baseline_seeds) == ["0", "1"]
+    assert {r.data.params["train.learning_rate"] for r in baseline_seeds} == {"1e-05"}
+    assert float(version.tags["p_vs_baseline"]) < 0.05
 
     # Running the same command again continues the study: nothing is rerun, nothing duplicated.
-    assert main(["sweep", SMOKE]) == 0
+    assert main(["sweep", space]) == 0
     assert len(load(storage, "smoke-optuna").trials) == 3 and len(runs_of("smoke-optuna")) == 3
     # ...and a bigger budget adds trials to the same study, under the same parent run.
-    assert main(["sweep", SMOKE, "--n-trials", "4"]) == 0
+    assert main(["sweep", space, "--n-trials", "4"]) == 0
     study = load(storage, "smoke-optuna")
     assert len(finished(study)) == 4
     # The resumed sampler did not replay its sequence: trial 3 is not trial 0 again.
@@ -191,7 +198,7 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
     assert {r.data.tags["engine"] for r in runs_of("smoke-optuna")} == {"optuna"}
     assert {r.data.tags["engine"] for r in runs_of("smoke-keras-tuner")} == {"keras-tuner"}
     # Rerunning resumes the KerasTuner study too: no new runs, and the Optuna study is untouched.
-    assert main(["sweep", SMOKE, "--engine", "keras-tuner"]) == 0
+    assert main(["sweep", str(store / "smoke.yaml"), "--engine", "keras-tuner"]) == 0
     assert len(runs_of("smoke-keras-tuner")) == 3 and len(runs_of("smoke-keras-tuner", "study")) == 1
     assert len(runs_of("smoke-optuna")) == 3 and len(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna").trials) == 3
 
@@ -200,7 +207,7 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'other.db'}")
     capsys.readouterr()
     for engine in ("optuna", "keras-tuner"):
-        assert main(["sweep", SMOKE, "--n-trials", "4", "--engine", engine]) == 2
+        assert main(["sweep", str(store / "smoke.yaml"), "--n-trials", "4", "--engine", engine]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err
         assert f"study smoke-{engine}: its MLflow run" in err and f"not in the tracking store sqlite:///{store / 'other.db'}" in err
@@ -210,8 +217,7 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
 
 def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path, capsys):
     space = tmp_path / "pareto.yaml"
-    space.write_text((REPO / "experiments" / "smoke.yaml").read_text()
-                     .replace("base: baseline.yaml", f"base: {REPO / 'experiments' / 'baseline.yaml'}")
+    space.write_text(Path(crownable_smoke(tmp_path)).read_text()
                      .replace("objective: val_accuracy", "objective: [val_accuracy, latency_ms]")
                      .replace("sampler: random", "sampler: nsga2"))
     assert main(["sweep", str(space)]) == 0
@@ -367,4 +373,28 @@ def test_the_same_seeded_study_twice_gives_the_same_record(tmp_path, mnist_dir):
                        check=True, capture_output=True, timeout=300)
         records.append(json.loads(out.read_text()))
     assert records[0] == records[1]
-    assert len(records[0]["trials"]) == 2 and records[0]["confirmation_seeds"] and records[0]["test_accuracy"]
+    assert len(records[0]["trials"]) == 2 and records[0]["confirmation_seeds"]
+    # smoke.yaml's minute-long models (50-60%) are under the floor: nothing crowned, the test set untouched
+    assert records[0]["verdict"].startswith("no confirmed improvement") and records[0]["test_accuracy"] == []
+    assert {label for label, _, _ in records[0]["confirmation_seeds"]} >= {"baseline"}  # confirmed from its config
+
+
+def test_diverging_trials_crown_nothing_and_spend_no_test_evaluation(store, tmp_path, capsys):
+    """Every trial diverges (learning rates 10-100) in a space that does not contain the baseline,
+    on a store with no champion: the baseline is confirmed from its config beside the best trial,
+    nothing is crowned, and the test set is not spent on a failed-looking model."""
+    space = tmp_path / "diverging.yaml"
+    space.write_text(f"base: {REPO / 'experiments' / 'baseline.yaml'}\n"
+                     "fixed: {data.train_size: 500, data.validation_size: 200, train.epochs: 1, model.dense: [32]}\n"
+                     "sampler: random\npruner: none\nbudget: {n_trials: 2, max_consecutive_failures: 3}\n"
+                     "confirm: {top: 1, seeds: 2}\nparams: {train.learning_rate: {low: 10.0, high: 100.0, log: true}}\n")
+    assert main(["sweep", str(space)]) == 0
+    out = capsys.readouterr()
+    client = MlflowClient()
+    assert not client.search_registered_models()
+    every = client.search_runs([tracking.setup()], "", max_results=1000)
+    assert not [r for r in every if "test_accuracy" in r.data.metrics]
+    parent = runs_of("diverging-optuna", "study")[0]
+    if [r for r in runs_of("diverging-optuna") if r.data.tags["state"] == "COMPLETE"]:  # else every trial failed outright
+        assert parent.data.tags["confirmation"].startswith("no confirmed improvement"), parent.data.tags["confirmation"]
+        assert "mnist-cnn@champion stays as it is" in out.out

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO
-from test_sweep import SMOKE, assert_one_run_per_trial, finished, runs_of
+from conftest import REPO, crownable_smoke
+from test_sweep import assert_one_run_per_trial, finished, runs_of
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 PASSWORD = "planted-pw-8086"  # must never reach a run, a tag, an artifact or the output
@@ -35,33 +35,55 @@ def as_postgres(cmd):
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+class PostgresServer:
+    """A real PostgreSQL server on 127.0.0.1 with password authentication, in a temporary folder."""
+
+    def __init__(self):
+        self.bin, self.folder = PG_BIN[-1], tempfile.mkdtemp(prefix="mnist-lab-pg-")
+        self.data, self.port = os.path.join(self.folder, "data"), free_port()
+        self.url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}"
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+        pwfile = os.path.join(self.folder, "pw")
+        with open(pwfile, "w") as f:
+            f.write(PASSWORD)
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres")
+        # Password authentication over TCP, as on a shared server: the password is in every URL below.
+        subprocess.run(as_postgres([f"{self.bin}/initdb", "-D", self.data, "--auth-host=scram-sha-256", "--auth-local=trust",
+                                    "-U", "postgres", f"--pwfile={pwfile}"]), check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run(as_postgres([f"{self.bin}/pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.folder, "log"), "-o",
+                                    f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start"]),
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(as_postgres([f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"]), capture_output=True)
+
+
 @pytest.fixture
-def postgres():
+def postgres_server():
     if not PG_BIN:
         pytest.fail("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
-    bin_dir = PG_BIN[-1]
-    folder = tempfile.mkdtemp(prefix="mnist-lab-pg-")
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    data, port = os.path.join(folder, "data"), free_port()
-    pwfile = os.path.join(folder, "pw")
-    with open(pwfile, "w") as f:
-        f.write(PASSWORD)
-    if os.geteuid() == 0:
-        shutil.chown(pwfile, "postgres")
-    # Password authentication over TCP, as on a shared server: the password is in every URL below.
-    subprocess.run(as_postgres([f"{bin_dir}/initdb", "-D", data, "--auth-host=scram-sha-256", "--auth-local=trust",
-                                "-U", "postgres", f"--pwfile={pwfile}"]), check=True, capture_output=True)
-    subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"), "-o",
-                                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"]), check=True, capture_output=True)
+    server = PostgresServer()
+    server.init()
+    server.start()
     try:
         for db in ("optuna", "mlflow"):
-            subprocess.run(as_postgres([f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db]),
+            subprocess.run(as_postgres([f"{server.bin}/createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", db]),
                            check=True, capture_output=True, env=os.environ | {"PGPASSWORD": PASSWORD})
-        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}"
+        yield server
     finally:
-        subprocess.run(as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server):
+    return postgres_server.url
 
 
 @pytest.fixture
@@ -92,7 +114,7 @@ def tracking_server(postgres, tmp_path, monkeypatch):
 def test_two_machines_share_a_study_through_postgresql_and_no_secret_leaks(store, postgres, tracking_server, tmp_path):
     storage = f"{postgres}/optuna"
     env = os.environ | PLANTED_ENV | {"MLFLOW_TRACKING_URI": tracking_server, "CI": "true"}
-    cmd = [str(REPO / ".venv" / "bin" / "mnist-lab"), "sweep", SMOKE, "--n-trials", "4", "--storage", storage]
+    cmd = [str(REPO / ".venv" / "bin" / "mnist-lab"), "sweep", crownable_smoke(tmp_path), "--n-trials", "4", "--storage", storage]
     # Two separate working folders: the machines share only PostgreSQL and the tracking server.
     machines = []
     for name in ("a", "b"):
@@ -108,12 +130,14 @@ def test_two_machines_share_a_study_through_postgresql_and_no_secret_leaks(store
     assert not (store / "a" / "mlruns" / "optuna.db").exists()  # nothing was kept locally
     assert MlflowClient().get_model_version_by_alias("mnist-cnn", "champion").run_id
     # One machine confirmed; the other deferred to it, or (finishing later) found its answer already
-    # crowned: either way one retrained seed and one registered version.
+    # crowned: either way one set of confirmation runs (a seed of the best trial, two of the baseline,
+    # which this space does not contain) and one registered version.
     assert sum("another worker of this study is running its confirmation" in o or "is already mnist-cnn@champion" in o
                for o in outputs) == 1
     confirms = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("mnist-lab").experiment_id],
                                           "tags.`mnist_lab.kind` = 'confirm'")
-    assert len(confirms) == 1 and len(MlflowClient().search_model_versions("name = 'mnist-cnn'")) == 1
+    assert len(confirms) == 3 == len({(r.data.tags["source_run_id"], r.data.tags["seed"]) for r in confirms})
+    assert len(MlflowClient().search_model_versions("name = 'mnist-cnn'")) == 1
 
     # No secret anywhere: the output of both machines, both databases, every artifact.
     dump = ""

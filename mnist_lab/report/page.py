@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_lab import tracking
-from mnist_lab.config import MnistLabError
+from mnist_lab.errors import MnistLabError
 from mnist_lab.report import analysis, figures
 from mnist_lab.report.analysis import MIN_IMPORTANCE_TRIALS, UNJUDGED
 from mnist_lab.report.runs import Study, load_runs, load_study
@@ -113,6 +113,8 @@ def _write(path: Path, text: str) -> None:
 def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | None) -> dict[str, Path]:
     from mlflow import MlflowClient
 
+    for name in study_names or []:
+        tracking.check_study_name(name)  # before anything is read or written
     experiment_id = tracking.setup()
     client = MlflowClient()
     if run_ids:
@@ -124,7 +126,11 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
             raise MnistLabError(f"{e} (or pass --runs RUN_ID ...)") from None
         studies = [load_study(client, experiment_id, n) for n in names]
     out_dir = Path(out or "reports") / "-vs-".join(s.name for s in studies)
-    paths = build(studies, out_dir)
+    try:
+        paths = build(studies, out_dir)
+    except OSError as e:
+        raise MnistLabError(f"--out {out or 'reports'}: cannot write the report there ({e.strerror or e}); "
+                            "pass --out DIR somewhere you can write") from None
     parent = studies[0].parent
     if parent is not None:
         for p in paths.values():

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from mnist_lab import tracking
-from mnist_lab.config import MnistLabError
+from mnist_lab.errors import MnistLabError
 from mnist_lab.sweep.space import Space
 
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -48,6 +48,10 @@ def load_study(client, experiment_id: str, name: str) -> Study:
     trials = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'trial' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'", experiment_ids)
     confirm = _search(f"tags.study = '{name}' and tags.`mnist_lab.kind` = 'confirm'", experiment_ids)
     _expand_list_params(trials, space)
+    metric = objective.metric if objective else "val_accuracy"
+    for column in (f"metrics.{metric}", "metrics.val_accuracy", "metrics.train_seconds"):
+        if column not in trials:  # no trial got as far as logging it (every configuration impossible, say)
+            trials[column] = np.nan
     return Study(
         name=name, parent=parent, space=space,
         objective=objective.metric if objective else "val_accuracy",

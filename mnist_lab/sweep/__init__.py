@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist_lab.config import MnistLabError, parse_overrides
+from mnist_lab.config import parse_overrides
+from mnist_lab.errors import MnistLabError
 from mnist_lab.sweep.space import load_space
 
 
@@ -53,8 +54,8 @@ def run(request: SweepRequest) -> dict[str, Any]:
     data.load_split(base.data, request.data_dir)
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
-    setup = StudySetup(request.study or f"{Path(request.space_path).stem}-{request.engine}", space, overrides, base,
-                       request.data_dir, tracking.setup())
+    name = tracking.check_study_name(request.study or f"{Path(request.space_path).stem}-{request.engine}")
+    setup = StudySetup(name, space, overrides, base, request.data_dir, tracking.setup())
     if request.engine == "keras-tuner":
         import_tensorflow()
         from mnist_lab.sweep import keras_tuner_engine

@@ -8,10 +8,27 @@ and `budget.max_consecutive_failures` failures in a row end the study as broken.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mnist_lab.sweep.space import LoadedSpace
+
+
+@dataclass
+class Halt:
+    """How a sweep stops its trials: set on Ctrl-C or SIGTERM, or by a trial whose store went away
+    (with what was lost); running trials stop at their next batch and no trial starts."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    fault: str | None = None  # 'the tracking server does not answer', ... (mnist_lab/errors.py)
+
+    def set(self, fault: str | None = None) -> None:
+        self.fault = self.fault or fault
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
 
 
 @dataclass
@@ -97,8 +114,11 @@ def confirmation_seconds(study, space: LoadedSpace) -> float:
     confirm = space.space.confirm
     best_first = ranked(study, space)
     contenders = [t for t in best_first if not t.user_attrs.get("baseline")][: confirm.top]
-    contenders += [t for t in best_first if t.user_attrs.get("baseline")]
-    return sum((confirm.seeds - 1) * (trial_seconds(t) or 0) for t in contenders)
+    baseline = [t for t in best_first if t.user_attrs.get("baseline")]
+    seconds = sum((confirm.seeds - 1) * (trial_seconds(t) or 0) for t in contenders + baseline)
+    if not baseline and contenders:  # not in the space: all its seeds are trained then, guessed as long as the best's
+        seconds += confirm.seeds * (trial_seconds(contenders[0]) or 0)
+    return seconds
 
 
 def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:

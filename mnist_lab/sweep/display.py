@@ -127,6 +127,9 @@ def print_top(study, space: LoadedSpace, k: int = 5) -> None:
     objectives = space.space.objective
     done = ranked(study, space)
     top = done[:k]
+    if not top:
+        Console(stderr=False).print(f"study {study.study_name}: no complete trial yet, so no table of the best")
+        return
     table = Table(title=f"study {study.study_name}: top {len(top)} of {len(done)} complete trials")
     table.add_column("")
     for t in top:

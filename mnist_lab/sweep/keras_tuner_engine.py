@@ -11,11 +11,12 @@ own state lives in mlruns/keras_tuner/<study>/, which is what makes a rerun resu
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from mnist_lab import champion, tracking
-from mnist_lab.config import ConfigError, Interrupted, MnistLabError
+from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, StoreLost, store_fault
 from mnist_lab.sweep import records
 from mnist_lab.sweep.display import verdict_lines
 from mnist_lab.sweep.records import StudySetup
@@ -64,7 +65,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
         client.update_run(parent_run_id, status="RUNNING")
         records.end_dead_runs(client, setup, parent_run_id)
     else:
-        parent_run_id = records.create_parent_run(setup, "keras-tuner", sampler=algo)
+        parent_run_id = records.create_parent_run(setup, "keras-tuner", str(project.resolve()), sampler=algo)
         project.mkdir(parents=True, exist_ok=True)
         uri_file.write_text(tracking.redact(tracking.current_uri()))
         parent_file.write_text(parent_run_id)
@@ -103,6 +104,8 @@ def run(setup: StudySetup) -> dict[str, Any]:
                 result = train(config, data_dir=setup.data_dir, run_name=records.trial_run_name(study_name, number), tags=tags,
                                parent_run_id=parent_run_id, progress=False, warm_start=warm_start)
             except Exception as e:
+                if store_fault(e):  # not the configuration's fault: the search stops, the trial reruns on resume
+                    raise kt.errors.FatalError(str(e)) from e
                 printed.append(f"trial {number:>3} FAIL     {e}")
                 raise kt.errors.FailedTrialError(str(e)) from None
             client.set_tag(result.run_id, "state", "COMPLETE")
@@ -133,7 +136,16 @@ def run(setup: StudySetup) -> dict[str, Any]:
     except KeyboardInterrupt:
         # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
         records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
-        raise Interrupted(f"stopped cleanly; resume with: {tracking.command_line()}") from None
+        raise Interrupted(f"stopped cleanly; resume with: {tracking.resume_command()}") from None
+    except kt.errors.FatalError as e:
+        fault = store_fault(e)
+        if fault is None:
+            raise
+        with contextlib.suppress(Exception):  # as far as the stores still allow
+            records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
+        raise StoreLost(f"{fault} mid-study ({tracking.redact(str(e).splitlines()[0])[:200]}); study {study_name} stopped. "
+                        f"Finished trials are kept; the running one reruns. Once it is back, resume with: "
+                        f"{tracking.resume_command()}") from None
     for line in printed:
         print(line)
 
@@ -153,11 +165,12 @@ def run(setup: StudySetup) -> dict[str, Any]:
         summary["failed"] = failed_out
     elif best is not None:
         confirm = s.confirm
-        verdict = champion.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], None, confirm.top,
-                                             confirm.seeds, setup.data_dir)
+        # KerasTuner runs no baseline trial: the baseline is confirmed from its config.
+        verdict = champion.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], setup.base, confirm.top,
+                                             confirm.seeds, setup.data_dir, floor=confirm.min_val_accuracy)
         for line in verdict_lines(verdict):
             print(line)
         summary["verdict"] = verdict
-        summary["test"] = champion.evaluate_answer(verdict, best.info.run_id, setup.data_dir)
+        summary["test"] = champion.evaluate_answer(verdict, best.info.run_id, confirm.min_val_accuracy, setup.data_dir)
     records.finish(client, parent_run_id, study_name, summary, "FAILED" if failed_out else "FINISHED")
     return summary

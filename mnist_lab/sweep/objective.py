@@ -8,8 +8,8 @@ cost seconds), and trials are compared at equal images seen whatever their batch
 
 from __future__ import annotations
 
+import contextlib
 import math
-import threading
 import time
 
 import keras
@@ -19,8 +19,10 @@ import optuna
 from mlflow import MlflowClient
 
 from mnist_lab import data, tracking
-from mnist_lab.config import Config, ConfigError
+from mnist_lab.config import Config
+from mnist_lab.errors import ConfigError, StoreLost, store_fault
 from mnist_lab.sweep import recovery
+from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR
 from mnist_lab.sweep.records import StudySetup, record_impossible, trial_run_name, trial_tags
 from mnist_lab.sweep.space import EPOCH_METRICS, suggest_optuna
@@ -44,7 +46,7 @@ class ReportProgress(keras.callbacks.Callback):
     """Feeds the pruner REPORTS_PER_EPOCH validation scores per epoch, at training images seen;
     stops the fit when the pruner says so, and raises KeyboardInterrupt when `stop` is set."""
 
-    def __init__(self, trial: optuna.Trial, config: Config, metric: str | None, data_dir: str | None, stop: threading.Event):
+    def __init__(self, trial: optuna.Trial, config: Config, metric: str | None, data_dir: str | None, stop: Halt):
         super().__init__()
         self.trial, self.config, self.metric, self.data_dir, self.stop = trial, config, metric, data_dir, stop
         self.pruned_at, self.run_id, self.slice = None, None, None
@@ -120,7 +122,7 @@ def latency_ms(model: keras.Model, repeats: int = 30) -> float:
 class Objective:
     """`objective(trial)` for `study.optimize`: one trial of the study, a nested MLflow run under its run."""
 
-    def __init__(self, study: StudySetup, parent_run_id: str, stop: threading.Event):
+    def __init__(self, study: StudySetup, parent_run_id: str, stop: Halt):
         self.study, self.parent_run_id, self.stop = study, parent_run_id, stop
         self.client = MlflowClient()
         objectives = study.space.space.objective
@@ -128,6 +130,22 @@ class Objective:
         self.report_metric = self.metrics[0] if len(self.metrics) == 1 and self.metrics[0] in EPOCH_METRICS else None
 
     def __call__(self, trial: optuna.Trial):
+        try:
+            return self.run_trial(trial)
+        except (optuna.TrialPruned, Surplus):
+            raise
+        except Exception as e:
+            fault = store_fault(e)
+            if fault is None:
+                raise
+            # Not the configuration's fault: the sweep stops, and the trial runs again on resume.
+            self.stop.set(fault)
+            with contextlib.suppress(Exception):  # the store that went away may be the one holding the trial
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", f"{fault}; runs again on resume")
+            raise StoreLost(fault) from e
+
+    def run_trial(self, trial: optuna.Trial):
         from optuna.trial import TrialState
 
         study, client = self.study, self.client

@@ -14,6 +14,7 @@ any point ends cleanly: the interrupted trials run first on resume.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -23,28 +24,54 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from mnist_lab import champion, tracking
-from mnist_lab.config import Interrupted
+from mnist_lab.errors import Interrupted, MnistLabError, StoreLost, fault_cause, store_fault
 from mnist_lab.sweep import budget, display, records, recovery
 from mnist_lab.sweep.optuna_study import make_storage, open_study
 from mnist_lab.sweep.records import StudySetup
-from mnist_lab.sweep.workers import WorkerSettings, Workers, raise_interrupt
+from mnist_lab.sweep.workers import WorkerSettings, Workers, quiet_store_faults, raise_interrupt
 
 PARENT_WAIT_SECONDS = 60  # how long a worker that did not create the study waits for its MLflow run
 
 
-def parent_run(study, setup: StudySetup, created: bool) -> str:
-    """The study's MLflow run: created once, found again on resume and by every other worker."""
+def parent_run(study, setup: StudySetup, created: bool, storage_url: str) -> str:
+    """The study's MLflow run: created once, found again on resume and by every other worker.
+
+    Safe against a kill at any instant of the first start: a run made but not yet recorded on the
+    Optuna study is found by its tags and adopted (never a second parent), and a creator that died
+    before making it is not waited for."""
     client = MlflowClient()
-    if not created:
-        for _ in range(PARENT_WAIT_SECONDS):  # the creating worker may be a moment behind
-            run_id = study.user_attrs.get("mlflow_parent_run_id")
+    storage = tracking.redact(storage_url)
+    if created:
+        # A new Optuna study under a name the MLflow store already knows would file its trials beside
+        # another study's in every report; refused, and the new study removed again.
+        for run in records.study_runs(client, setup):
+            if run.data.tags.get("search_state") != storage or run.info.status != "RUNNING":
+                import optuna
+
+                optuna.delete_study(study_name=setup.name, storage=make_storage(storage_url))
+                raise MnistLabError(
+                    f"study {setup.name}: the MLflow store already holds a study of that name (run {run.info.run_id}, "
+                    f"Optuna storage {run.data.tags.get('search_state', 'unknown')}); pick another --study name, or "
+                    f"resume that one with its --storage")
+    for _ in range(PARENT_WAIT_SECONDS):
+        run_id = study.user_attrs.get("mlflow_parent_run_id")  # read from the storage afresh each time
+        if not run_id:
+            # A first start killed between making the run and recording it on the study left it here.
+            run_id = next((r.info.run_id for r in records.study_runs(client, setup)
+                           if r.data.tags.get("search_state") == storage), None)
             if run_id:
-                records.check_parent_run(client, run_id, setup.name, study.user_attrs.get("mlflow_tracking_uri"),
-                                         "--study NAME")
-                client.update_run(run_id, status="RUNNING")
-                return run_id
-            time.sleep(1)  # user_attrs reads the storage afresh each time
-    run_id = records.create_parent_run(setup, "optuna")
+                study.set_user_attr("mlflow_parent_run_id", run_id)
+                study.set_user_attr("mlflow_tracking_uri", tracking.redact(tracking.current_uri()))
+        if run_id:
+            records.check_parent_run(client, run_id, setup.name, study.user_attrs.get("mlflow_tracking_uri"),
+                                     "--study NAME")
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        creator = study.user_attrs.get("created_by")
+        if created or (creator and tracking.worker_is_dead(creator)):
+            break  # nobody else will make it
+        time.sleep(1)  # the creating worker may be a moment behind
+    run_id = records.create_parent_run(setup, "optuna", storage)
     study.set_user_attr("mlflow_parent_run_id", run_id)
     study.set_user_attr("mlflow_tracking_uri", tracking.redact(tracking.current_uri()))
     return run_id
@@ -53,7 +80,7 @@ def parent_run(study, setup: StudySetup, created: bool) -> str:
 def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     """Search, then confirm and crown; returns the summary the CLI prints."""
     study, created = open_study(setup, storage_url)
-    parent_run_id = parent_run(study, setup, created)
+    parent_run_id = parent_run(study, setup, created, storage_url)
     # What a SIGKILLed run of this command left behind on this machine is settled before anything starts.
     recovery.reap_dead_trials(study, make_storage(storage_url))
     records.end_dead_runs(MlflowClient(), setup, parent_run_id)
@@ -64,22 +91,34 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     # One time budget for search and confirmation: workers stop starting trials when the next one
     # and the confirmation (estimated from the trials' own durations) would no longer fit.
     end = time.time() + budget_.timeout if budget_.timeout else None
-    stop = threading.Event()
+    stop = budget.Halt()
     workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, end), n_workers, stop)
-    previous = signal.signal(signal.SIGTERM, raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    # SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) stop the study as Ctrl-C does.
+    stopping = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in stopping}
+    hook, threading.excepthook = threading.excepthook, quiet_store_faults
     try:
         with display.Progress(study, budget_.n_trials, setup, end) as progress:
             workers.run(progress.update)
             progress.update()
+        if stop.fault:  # a trial's store went away
+            raise StoreLost(stop.fault)
         if stop.is_set():  # the worker thread was stopped by a signal of its own
             raise KeyboardInterrupt
         return conclude(setup, storage_url, parent_run_id, end)
     except KeyboardInterrupt:
         workers.stop()
         raise interrupted(setup, storage_url, parent_run_id, workers.ids) from None
+    except Exception as e:  # a store that went away mid-study ends it in one paragraph, not a traceback
+        fault = stop.fault or store_fault(e)
+        if fault is None:
+            raise
+        workers.stop()
+        raise lost(setup, storage_url, parent_run_id, workers.ids, fault, e) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        threading.excepthook = hook
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def reload(setup: StudySetup, storage_url: str):
@@ -111,17 +150,18 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, end: float
     elif best is not None:  # an unfinished study (stopped by failures, not by its budget or time) crowns nothing
         confirm = space.space.confirm
         baseline = next((t.user_attrs["mlflow_run_id"] for t in best_first if t.user_attrs.get("baseline")), None)
-        console.print(f"confirmation: the top {confirm.top} trials{' and the baseline' if baseline else ''}, "
+        console.print(f"confirmation: the top {confirm.top} trials and the baseline{'' if baseline else ' (not in the space: from its config)'}, "
                       f"{confirm.seeds} training seeds each")
         verdict = champion.confirm_and_crown(
-            setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline, confirm.top,
-            confirm.seeds, setup.data_dir, deadline=end,
+            setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline or setup.base,
+            confirm.top, confirm.seeds, setup.data_dir, deadline=end, floor=confirm.min_val_accuracy,
             on_result=lambda c, seed, v: console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"),
         )
         for line in display.verdict_lines(verdict):
             console.print(line)
         summary["verdict"] = verdict
-        summary["test"] = champion.evaluate_answer(verdict, best.user_attrs["mlflow_run_id"], setup.data_dir)
+        summary["test"] = champion.evaluate_answer(verdict, best.user_attrs["mlflow_run_id"], confirm.min_val_accuracy,
+                                                   setup.data_dir)
     records.finish(client, parent_run_id, setup.name, summary, "FINISHED" if done else "FAILED")
     display.print_top(study, space)
     return summary
@@ -134,4 +174,23 @@ def interrupted(setup: StudySetup, storage_url: str, parent_run_id: str, worker_
     # A confirmation seed cut short, or a trial run the retry above did not reach, ends KILLED too.
     records.end_interrupted(MlflowClient(), setup, parent_run_id, worker_ids)
     which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""
-    return Interrupted(f"stopped cleanly; {which}resume with: {tracking.command_line()}")
+    return Interrupted(f"stopped cleanly; {which}resume with: {tracking.resume_command()}")
+
+
+def lost(setup: StudySetup, storage_url: str, parent_run_id: str, worker_ids: set[str], fault: str,
+         error: BaseException) -> StoreLost:
+    """A store went away mid-study: the running trial is queued again and the runs ended, as far as
+    the stores still allow; one paragraph says what was lost and how to resume."""
+    settled: list[int] = []
+    with contextlib.suppress(Exception):
+        settled = recovery.settle_interrupted(reload(setup, storage_url), make_storage(storage_url), worker_ids)
+    with contextlib.suppress(Exception):
+        records.end_interrupted(MlflowClient(), setup, parent_run_id, worker_ids)
+    cause = fault_cause(error)
+    where = {"the tracking server does not answer": f"MLFLOW_TRACKING_URI={tracking.redact(tracking.current_uri())}",
+             "the database does not answer": f"--storage {tracking.redact(storage_url)}"}.get(fault, "the disk under mlruns/")
+    again = (f"trial {', '.join(map(str, settled))} runs again first" if settled
+             else "the trial that was running runs again first (the next start finds it)")
+    return StoreLost(f"{fault} ({where}: {tracking.redact(cause)[:200]}); study {setup.name} stopped. Nothing finished is "
+                     f"lost: finished trials stay in the stores, and {again}. Once it is back, resume with: "
+                     f"{tracking.resume_command()}")

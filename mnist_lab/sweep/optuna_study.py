@@ -9,7 +9,7 @@ import warnings
 from functools import lru_cache
 
 from mnist_lab import tracking
-from mnist_lab.config import MnistLabError
+from mnist_lab.errors import MnistLabError
 from mnist_lab.sweep.pruning import make_pruner
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.recovery import GRACE_SECONDS, HEARTBEAT_SECONDS, on_dead_trial
@@ -19,7 +19,11 @@ from mnist_lab.sweep.space import LoadedSpace
 def default_storage() -> str:
     from pathlib import Path
 
-    Path("mlruns").mkdir(exist_ok=True)
+    try:
+        Path("mlruns").mkdir(exist_ok=True)
+    except OSError as e:
+        raise MnistLabError(f"mlruns/: cannot hold the Optuna storage here ({e.strerror}); run from a folder you can "
+                            "write to, or pass --storage URL") from None
     return f"sqlite:///{Path('mlruns').resolve() / 'optuna.db'}"
 
 
@@ -91,6 +95,7 @@ def open_study(setup: StudySetup, storage_url: str, worker: int = 0):
     try:
         study = optuna.create_study(study_name=setup.name, storage=storage, sampler=make_sampler(space, worker),
                                     pruner=pruner, directions=directions)
+        study.set_user_attr("created_by", tracking.worker_id())  # a start killed before making the study's run is not waited for
         # Optuna Dashboard shows these instead of "Objective 0".
         study.set_metric_names([o.metric for o in space.space.objective])
         return study, True

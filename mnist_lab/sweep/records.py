@@ -14,7 +14,8 @@ from typing import Any
 
 from mnist_lab import tracking
 from mnist_lab.champion import LOCK_TAG
-from mnist_lab.config import Config, MnistLabError
+from mnist_lab.config import Config
+from mnist_lab.errors import MnistLabError
 from mnist_lab.sweep.space import LoadedSpace
 
 
@@ -44,7 +45,15 @@ def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
             "state": "RUNNING", "worker": tracking.worker_id()}
 
 
-def create_parent_run(study: StudySetup, engine: str, sampler: str | None = None) -> str:
+def study_runs(client, study: StudySetup) -> list:
+    """The MLflow runs of studies named like this one (one, unless a name was reused)."""
+    return client.search_runs([study.experiment_id], f"tags.`mnist_lab.kind` = 'study' and tags.study = '{study.name}'",
+                              max_results=100)
+
+
+def create_parent_run(study: StudySetup, engine: str, search_state: str, sampler: str | None = None) -> str:
+    """The study's own run. `search_state`: where the engine keeps the study's progress (the Optuna
+    storage, password masked, or KerasTuner's folder), which a resumed study must find again."""
     from mlflow import MlflowClient
 
     s = study.space.space
@@ -58,7 +67,8 @@ def create_parent_run(study: StudySetup, engine: str, sampler: str | None = None
             "space": study.space.text[:5000], "engine": engine, "sampler": sampler or s.sampler, "pruner": s.pruner,
             "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials),
             "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
-            "tracking_uri": tracking.redact(tracking.current_uri()),
+            "tracking_uri": tracking.redact(tracking.current_uri()), "worker": tracking.worker_id(),
+            "search_state": search_state,
         },
     )
     client.log_text(run.info.run_id, study.space.text, f"space/{study.space.path.name}")

@@ -12,6 +12,7 @@ ends KILLED with the reason.
 from __future__ import annotations
 
 import os
+import sys
 
 from mnist_lab import tracking
 from mnist_lab.sweep.records import end_killed
@@ -26,6 +27,15 @@ INHERITED_ATTRS = ("baseline",)
 
 def on_dead_trial(study, trial) -> None:
     """A worker died mid-trial: retry its configuration (at most MAX_RETRY times), end its run KILLED."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    tries = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1
+    if tries > MAX_RETRY:
+        # Dropped, and said so: a configuration that kills its worker every time (out of memory?) is not retried forever.
+        print(f"trial {trial.number}: its worker stopped mid-trial {tries} times (killed or crashed); "
+              "the configuration is not tried again", file=sys.stderr, flush=True)
+        retry(study, trial, MAX_RETRY, f"its worker stopped mid-trial {tries} times (killed or crashed); not retried again")
+        return
     retry(study, trial, MAX_RETRY, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
 
 

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mnist_lab.config import Config, ConfigError, build_config, did_you_mean, first_error, get_dotted, read_yaml, set_dotted
+from mnist_lab.config import Config, build_config, get_dotted, read_yaml, set_dotted
+from mnist_lab.errors import ConfigError, did_you_mean, first_error
 
 # What a trial can be judged by, and which way is better by default.
 METRICS = {
@@ -102,6 +103,9 @@ class Confirm(_Strict):
     # The search stops starting trials when the next one and the confirmation (estimated from the
     # trials' own durations) no longer fit in budget.timeout; at least this fraction stays free.
     reserve: float = Field(0.1, ge=0, lt=1)
+    # Nothing whose seed mean is under this is crowned, whatever it beats, and an uncrowned best under
+    # it gets no test evaluation: on MNIST a network under 90% has failed, not won.
+    min_val_accuracy: float = Field(0.9, ge=0, le=1)
 
 
 class Space(_Strict):
@@ -196,7 +200,7 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
     except ValidationError as e:
         loc, what, first = first_error(e, skip=("function-", "IntParam", "FloatParam", "ChoiceParam"))
         if first["type"] == "extra_forbidden":
-            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "max_consecutive_failures", "top", "seeds", "reserve"]
+            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "max_consecutive_failures", "top", "seeds", "reserve", "min_val_accuracy"]
             raise ConfigError(f"{path}: unknown key '{loc}'{did_you_mean(str(first['loc'][-1]), known)}") from None
         raise ConfigError(f"{path}: {loc}: {what}") from None
     base_diff = read_yaml(path.parent / space.base) if space.base else {}

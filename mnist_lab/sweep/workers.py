@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -17,9 +18,12 @@ from dataclasses import dataclass, replace
 from mnist_lab import tracking
 from mnist_lab.startup import import_tensorflow
 from mnist_lab.sweep import budget, recovery
-from mnist_lab.sweep.records import StudySetup
+from mnist_lab.errors import store_fault
+from mnist_lab.sweep.budget import Halt
+from mnist_lab.sweep.records import StudySetup, end_interrupted
 
 STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
+LOST_STORE_EXIT = 75  # a worker process's exit code when a store went away (EX_TEMPFAIL: try again later)
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,12 @@ class WorkerSettings:
     storage_url: str
     parent_run_id: str
     end: float | None  # time.time() at which the study's time budget ends
+    main_pid: int = 0  # the sweep's own process: a worker process outliving it stops
     index: int = 0  # 0, 1, ...: each worker's sampler gets its own seed
     threads: int | None = None  # CPU threads for TensorFlow; None: a thread of the main process, which set them up
 
 
-def work(settings: WorkerSettings, stop: threading.Event) -> None:
+def work(settings: WorkerSettings, stop: Halt) -> None:
     """One worker: run trials until the study has its finished trials, or time runs short."""
     import optuna
 
@@ -56,13 +61,28 @@ def work(settings: WorkerSettings, stop: threading.Event) -> None:
                 time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
                 continue
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+    except Exception as e:  # the storage itself went away (its errors reach here, not the objective's)
+        fault = store_fault(e)
+        if fault is None:
+            raise
+        stop.set(fault)
     except KeyboardInterrupt:
-        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again...
+        if settings.threads and os.getppid() != settings.main_pid:
+            # ...unless it died (SIGKILL, OOM): then nobody will, so this worker settles its own trial and
+            # ends its runs and the study's run KILLED.
+            from mlflow import MlflowClient
+
+            recovery.settle_interrupted(study, storage, {tracking.worker_id()})
+            end_interrupted(MlflowClient(), settings.study, settings.parent_run_id, {tracking.worker_id()})
 
 
 def work_in_process(settings: WorkerSettings) -> None:
-    """A spawned worker process: its own TensorFlow thread pool, and SIGTERM stops its trial at the next batch."""
+    """A spawned worker process: its own TensorFlow thread pool; SIGTERM, SIGHUP or the death of the
+    sweep's main process stop its trial at the next batch."""
     signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGHUP, raise_interrupt)
+    threading.Thread(target=stop_when_orphaned, args=(settings.main_pid,), daemon=True).start()
     import_tensorflow()
     import tensorflow as tf
 
@@ -70,11 +90,30 @@ def work_in_process(settings: WorkerSettings) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tracking.setup()
-    work(settings, threading.Event())
+    threading.excepthook = quiet_store_faults
+    halt = Halt()
+    work(settings, halt)
+    if halt.fault:  # said once by the main process; the exit code tells it
+        sys.exit(LOST_STORE_EXIT)
 
 
 def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def quiet_store_faults(args) -> None:
+    """Threads of Optuna and MLflow (heartbeats, logging) whose store went away end quietly: the sweep
+    says once what was lost. Anything else is a bug, and shows its traceback."""
+    if store_fault(args.exc_value) is None:
+        threading.__excepthook__(args)
+
+
+def stop_when_orphaned(main_pid: int) -> None:
+    """A worker whose main process died (SIGKILL, OOM) stops as if interrupted, instead of training on
+    to the end of the budget with nobody to confirm or stop it."""
+    while os.getppid() == main_pid:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerThread(threading.Thread):
@@ -95,7 +134,7 @@ class WorkerThread(threading.Thread):
 class Workers:
     """The workers of one sweep invocation: started, watched, and stopped on Ctrl-C."""
 
-    def __init__(self, settings: WorkerSettings, n: int, stop: threading.Event):
+    def __init__(self, settings: WorkerSettings, n: int, stop: Halt):
         self.stop_event = stop
         self.ids = {tracking.worker_id()}  # whose trials and runs this invocation settles after Ctrl-C
         self.threads: list[WorkerThread] = []
@@ -105,7 +144,8 @@ class Workers:
         else:
             threads = max(1, (os.cpu_count() or 1) // n)
             ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-            self.processes = [ctx.Process(target=work_in_process, args=(replace(settings, index=i, threads=threads),))
+            self.processes = [ctx.Process(target=work_in_process,
+                                          args=(replace(settings, index=i, threads=threads, main_pid=os.getpid()),))
                               for i in range(n)]
 
     def run(self, tick) -> None:
@@ -120,6 +160,8 @@ class Workers:
                 t.done.wait(1)
             for p in self.processes:
                 p.join(1)
+                if p.exitcode == LOST_STORE_EXIT:
+                    self.stop_event.set("a worker's store went away")
             tick()
 
     def running(self) -> bool:

@@ -1,0 +1,182 @@
+"""Faults in the middle of a study, with the real CLI and real stores: a tracking server that dies, a
+PostgreSQL storage that stops, a disk that fills, a main process killed under its workers, a closed
+terminal, kills all through the first start. Each ends in seconds, in one paragraph with the command
+that resumes, with nothing lost; the resumed study then finishes."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from browser import free_port, serve
+from conftest import REPO
+from test_reliability import ENV, poll, trials
+from test_sweep import SMOKE, finished, load, runs_of
+from test_sweep_postgres import postgres_server  # noqa: F401 (a fixture)
+
+MNIST_LAB = str(REPO / ".venv" / "bin" / "mnist-lab")
+# Trials of a few seconds each, so a fault lands inside one.
+LONGER = ["data.train_size=3000", "train.epochs=3"]
+
+
+def sweep(*args, env=None, **kw):
+    return subprocess.Popen([MNIST_LAB, "sweep", SMOKE, *args], env=os.environ | ENV | (env or {}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def ends_in_one_paragraph(proc, within: float):
+    """The sweep's exit code and its output (stdout and stderr), once it has ended; it must end within
+    `within` seconds of now, with no traceback."""
+    started = time.time()
+    out, err = proc.communicate(timeout=within + 60)
+    took = time.time() - started
+    assert took < within, f"took {took:.0f} s: {err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    return proc.returncode, out + err
+
+
+def nothing_running(study_trials: list):
+    """No trial and no run of the store in use (MLFLOW_TRACKING_URI, else mlruns/ here) left RUNNING."""
+    from mnist_lab import tracking
+
+    assert not [t.number for t in study_trials if t.state == optuna.trial.TrialState.RUNNING]
+    experiment_id = tracking.setup()  # before MlflowClient(), which binds to the store set at that moment
+    every = MlflowClient().search_runs([experiment_id], "", max_results=1000)
+    assert not [r.info.run_name for r in every if r.info.status == "RUNNING"]
+
+
+def a_trial_is_running(store: Path):
+    return any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials(store))
+
+
+@pytest.mark.slow  # 2-3 min: two sweeps around a server restart; `make test-all` runs it
+def test_a_tracking_server_that_dies_mid_study_stops_it_in_seconds_and_the_study_resumes(store, monkeypatch):
+    port = free_port()
+    server_cmd = [str(REPO / ".venv" / "bin" / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'server.db'}",
+                  "--artifacts-destination", str(store / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1"]
+    plain = f"http://127.0.0.1:{port}"
+    url = f"http://alice:planted-pw-77@127.0.0.1:{port}"  # credentials in the URI, as behind a proxy: never printed
+    with serve(server_cmd, f"{plain}/health") as server:
+        proc = sweep("--n-trials", "3", *LONGER, env={"MLFLOW_TRACKING_URI": url})
+        assert poll(lambda: a_trial_is_running(store), 240), proc.communicate(timeout=60)
+        os.killpg(server.pid, signal.SIGKILL)
+        code, err = ends_in_one_paragraph(proc, within=60)
+    assert code == 2 and "the tracking server does not answer" in err, err[-2000:]
+    # the environment the study needs, password masked
+    assert f"resume with: MLFLOW_TRACKING_URI=http://alice:***@127.0.0.1:{port} mnist-lab sweep" in err
+    assert "planted-pw-77" not in err
+    # Back up, the same command finishes the study: the interrupted trial ran again, nothing RUNNING.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with serve(server_cmd, f"{plain}/health"):
+        done = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "3", *LONGER], env=os.environ | ENV,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "planted-pw-77" not in done.stdout + done.stderr  # MLflow's own "View run at" lines are off
+        assert len(finished(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna"))) == 3
+        nothing_running(trials(store))
+
+
+def test_a_postgresql_storage_that_stops_mid_trial_stops_the_study_in_seconds(store, postgres_server):  # noqa: F811
+    storage = f"{postgres_server.url}/optuna"
+    proc = sweep("--n-trials", "3", "--storage", storage, *LONGER)
+    assert poll(lambda: any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values
+                            for t in optuna.load_study(study_name="smoke-optuna", storage=storage).trials), 240)
+    postgres_server.stop()
+    code, err = ends_in_one_paragraph(proc, within=60)
+    assert code == 2 and "the database does not answer" in err and "planted-pw" not in err, err[-2000:]
+    assert "resume with: mnist-lab sweep" in err and "postgresql://postgres:***@" in err, err
+    postgres_server.start()
+    done = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "3", "--storage", storage, *LONGER], env=os.environ | ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="smoke-optuna", storage=storage)
+    assert len(finished(study)) == 3
+    nothing_running(study.trials)
+
+
+def test_a_disk_that_fills_mid_study_stops_it_in_one_paragraph_and_the_study_resumes(tmp_path, monkeypatch, mnist_dir):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN; CI has it")
+    try:
+        monkeypatch.chdir(disk)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        proc = sweep("--n-trials", "3", *LONGER)
+        assert poll(lambda: a_trial_is_running(disk), 240), proc.communicate(timeout=60)
+        filler = disk / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)  # until the disk is full
+        code, err = ends_in_one_paragraph(proc, within=60)
+        assert code == 2 and "the disk is full" in err, err[-2000:]
+        filler.unlink()
+        done = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "3", *LONGER], env=os.environ | ENV,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(finished(load(f"sqlite:///{disk / 'mlruns' / 'optuna.db'}", "smoke-optuna"))) == 3
+        nothing_running(trials(disk))
+    finally:
+        os.chdir(tmp_path)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_workers_stop_when_their_main_process_is_killed(store):
+    proc = sweep("--n-trials", "4", "--workers", "2", *LONGER, start_new_session=True)
+    assert poll(lambda: sum(t.state == optuna.trial.TrialState.RUNNING and bool(t.intermediate_values)
+                            for t in trials(store)) == 2, 240), proc.communicate(timeout=60)
+    workers = [int(w.rsplit(":", 1)[1]) for w in {t.user_attrs["worker"] for t in trials(store)
+                                                 if t.state == optuna.trial.TrialState.RUNNING}]
+    proc.kill()  # SIGKILL: no handler runs in the main process
+    proc.communicate(timeout=60)
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert poll(lambda: all(gone(pid) for pid in workers), 60), "workers outlived their main process"
+    # Each worker settled its own trial: queued again, its run and the study's run ended KILLED.
+    from mnist_lab import tracking
+
+    tracking.setup()
+    assert poll(lambda: not [t for t in trials(store) if t.state == optuna.trial.TrialState.RUNNING], 10)
+    assert runs_of("smoke-optuna", "study")[0].info.status == "KILLED"
+    assert not [r for r in runs_of("smoke-optuna") if r.info.status == "RUNNING"]
+    assert len([t for t in trials(store) if t.state == optuna.trial.TrialState.WAITING]) == 2
+
+
+def test_a_closed_terminal_stops_a_sweep_cleanly(store):
+    proc = sweep("--n-trials", "3", *LONGER)
+    assert poll(lambda: a_trial_is_running(store), 240), proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGHUP)
+    code, err = ends_in_one_paragraph(proc, within=60)
+    assert code == 130 and "stopped cleanly; trial" in err and "resume with: mnist-lab sweep" in err, err[-2000:]
+    nothing_running(trials(store))
+
+
+@pytest.mark.slow  # 2 min: eleven starts killed, then one to the end; `make test-all` runs it
+def test_kills_all_through_the_first_start_leave_one_study_run(bare_store):
+    """SIGKILL at many instants of a study's very first start (stores being created, the Optuna study
+    made, its MLflow run made but not yet recorded on it, the baseline enqueued, the first trial
+    started), then the same command: one study run, nothing RUNNING, no minute's wait."""
+    store = bare_store
+    for delay in (0.5, 2.0, 3.5, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.5):
+        proc = sweep("--n-trials", "1")
+        time.sleep(delay)
+        proc.kill()
+        proc.communicate(timeout=60)
+    started = time.time()
+    done = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "1"], env=os.environ | ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.time() - started < 120
+    assert len(runs_of("smoke-optuna", "study")) == 1
+    nothing_running(trials(store))
