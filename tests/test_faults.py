@@ -154,7 +154,7 @@ def test_workers_stop_when_their_main_process_is_killed(store):
 
 
 def test_a_closed_terminal_stops_a_sweep_cleanly(store):
-    proc = sweep("--n-trials", "3", *LONGER)
+    proc = sweep("--n-trials", "3", "data.train_size=3000", "train.epochs=10")  # stopped long before its end
     assert poll(lambda: a_trial_is_running(store), 240), proc.communicate(timeout=60)
     proc.send_signal(signal.SIGHUP)
     code, err = ends_in_one_paragraph(proc, within=60)

@@ -147,10 +147,11 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_where_they_stopped(store):
     victims = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        # 3 epochs: when the victim is seen (its first report, a quarter epoch in) most of its fit is
-        # still ahead, so the signal lands mid-fit even on a busy machine (with 1 epoch, it sometimes
-        # finished first, and a finished trial is rightly kept, not interrupted).
-        proc = start("data.train_size=3000", "train.epochs=3")
+        # 10 epochs: when the victim is seen (its first report, an eighth of an epoch in) nearly all of
+        # its fit is still ahead, so the signal lands mid-fit even on a machine busy with another test
+        # worker's training (with 1 epoch, and once in a full suite with 3, it finished first, and a
+        # finished trial is rightly kept, not interrupted). The sweep stops long before the 10 epochs.
+        proc = start("data.train_size=3000", "train.epochs=10")
         victim = poll(lambda: next((t for t in trials(store) if t.state == RUNNING and t.intermediate_values), None))
         assert victim
         if victims:  # resumed: the interrupted configuration runs first, with no heartbeat grace to wait out
