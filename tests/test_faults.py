@@ -180,3 +180,26 @@ def test_kills_all_through_the_first_start_leave_one_study_run(bare_store):
     assert time.time() - started < 120
     assert len(runs_of("smoke-optuna", "study")) == 1
     nothing_running(trials(store))
+
+
+def test_a_configuration_killed_three_times_is_dropped_with_a_word(store):
+    """A configuration whose worker dies every time (out of memory, say) is retried twice, then
+    dropped, and the sweep says so instead of dropping it silently."""
+    killed = []
+    for _ in range(3):
+        proc = sweep("--n-trials", "1", "data.train_size=3000", "train.epochs=10")
+        victim = poll(lambda: next((t for t in trials(store) if t.state == optuna.trial.TrialState.RUNNING
+                                    and t.intermediate_values and t.number not in [k.number for k in killed]), None), 240)
+        assert victim, proc.communicate(timeout=60)
+        proc.kill()
+        proc.communicate(timeout=60)
+        killed.append(victim)
+    assert all(k.params == killed[0].params for k in killed)  # the same configuration, run first each time
+    done = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "1", "data.train_size=3000", "train.epochs=1"],
+                          env=os.environ | ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (f"trial {killed[-1].number}: its worker stopped mid-trial 3 times (killed or crashed); "
+            "the configuration is not tried again") in done.stderr
+    finished_now = finished(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna"))
+    assert len(finished_now) == 1 and finished_now[0].params != killed[0].params
+    nothing_running(trials(store))
