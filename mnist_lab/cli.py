@@ -22,7 +22,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 # prints its own links, with passwords masked.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-from mnist_lab.errors import Interrupted, MnistLabError  # noqa: E402
+from mnist_lab.errors import Interrupted, MnistLabError, stop_signals  # noqa: E402
 from mnist_lab.startup import import_tensorflow  # noqa: E402
 
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)
         args.config = None
-    stopping = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    stopping = stop_signals() if threading.current_thread() is threading.main_thread() else ()
     # SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) stop a command as
     # Ctrl-C does: runs end KILLED, a sweep queues its trial again and says how to resume.
     previous = {sig: signal.signal(sig, _interrupt) for sig in stopping}

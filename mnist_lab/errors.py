@@ -67,14 +67,20 @@ _GONE = ("Max retries exceeded", "Connection refused", "Failed to establish a ne
          "consuming input failed", "no connection to the server")
 
 
+def causes(error: BaseException | None) -> list[BaseException]:
+    """`error` and what caused it, as Python shows them (a context raised `from None` is not a cause)."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not e for e in chain):
+        chain.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return chain
+
+
 def store_fault(error: BaseException | None) -> str | None:
     """What failed, if `error` or anything that caused it is a store going away mid-study (not a bug,
     not bad input): 'the disk is full', 'the database does not answer' (a database server under the
     Optuna storage or the tracking store), or 'the tracking server does not answer'."""
-    chain: list[BaseException] = []
-    while error is not None and all(error is not e for e in chain):
-        chain.append(error)
-        error = error.__cause__ or error.__context__
+    chain = causes(error)
     text = " ".join(str(e) for e in chain)
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or any(w in text for w in _DISK):
         return "the disk is full"
@@ -88,10 +94,7 @@ def store_fault(error: BaseException | None) -> str | None:
 def fault_cause(error: BaseException) -> str:
     """The first line of what a store said when it went away (the deepest cause that says so), not
     the wrapper's generic words ('An exception is raised during the commit')."""
-    chain: list[BaseException] = []
-    while error is not None and all(error is not e for e in chain):
-        chain.append(error)
-        error = error.__cause__ or error.__context__
+    chain = causes(error)
     for e in reversed(chain):
         text = str(e)
         if any(w in text for w in (*_DISK, *_GONE)) or isinstance(e, OSError):
@@ -112,3 +115,11 @@ def check_save_path(save: str | Path | None) -> Path | None:
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(folder, os.W_OK | os.X_OK):
         raise MnistLabError(f"--save {save}: {folder.resolve()} cannot be written to; save somewhere you can write")
     return path
+
+
+def stop_signals() -> tuple:
+    """The signals that stop a command as Ctrl-C does: SIGTERM, and SIGHUP (a closed terminal) unless
+    it is ignored (`nohup`: the person asked for the command to outlive the terminal)."""
+    import signal
+
+    return (signal.SIGTERM,) + (() if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,))

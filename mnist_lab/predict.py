@@ -85,7 +85,7 @@ def to_mnist(path: str | Path) -> np.ndarray:
                 if img.mode.startswith(("I", "F")):
                     # 16-bit (or 32-bit) grey: convert("L") would clip every value over 255 to white.
                     wide = np.asarray(img, dtype=np.float64)
-                    top = 65535.0 if wide.max() > 255 else 255.0
+                    top = 1.0 if img.mode == "F" and wide.max() <= 1.0 else 65535.0 if wide.max() > 255 else 255.0
                     gray = (np.clip(wide, 0, top) * (255.0 / top)).astype(np.float32)
                 else:
                     gray = np.asarray(img.convert("L"), dtype=np.float32)

@@ -395,6 +395,11 @@ def test_diverging_trials_crown_nothing_and_spend_no_test_evaluation(store, tmp_
     every = client.search_runs([tracking.setup()], "", max_results=1000)
     assert not [r for r in every if "test_accuracy" in r.data.metrics]
     parent = runs_of("diverging-optuna", "study")[0]
-    if [r for r in runs_of("diverging-optuna") if r.data.tags["state"] == "COMPLETE"]:  # else every trial failed outright
+    complete = [r for r in runs_of("diverging-optuna") if r.data.tags["state"] == "COMPLETE"]
+    if complete:  # a diverged run that still ended with finite losses (chance level): judged, and refused
         assert parent.data.tags["confirmation"].startswith("no confirmed improvement"), parent.data.tags["confirmation"]
         assert "mnist-cnn@champion stays as it is" in out.out
+        baseline = [r for r in runs_of("diverging-optuna", "confirm") if r.data.tags["source_label"] == "baseline"]
+        assert sorted(r.data.tags["seed"] for r in baseline) == ["0", "1"]  # confirmed from its config, beside the best
+    else:  # every trial's loss became NaN: failures, recorded with their reason
+        assert all("loss became" in r.data.tags.get("failure_reason", "") for r in runs_of("diverging-optuna"))

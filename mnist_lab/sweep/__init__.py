@@ -12,6 +12,7 @@ file or override is refused in half a second, before MLflow or TensorFlow load.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def run(request: SweepRequest) -> dict[str, Any]:
     data.load_split(base.data, request.data_dir)
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
-    name = tracking.check_study_name(request.study or f"{Path(request.space_path).stem}-{request.engine}")
+    # A name given with --study must be a safe folder name; one made from the file name is made safe.
+    name = (tracking.check_study_name(request.study) if request.study
+            else re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(request.space_path).stem}-{request.engine}").strip(".-"))
     setup = StudySetup(name, space, overrides, base, request.data_dir, tracking.setup())
     if request.engine == "keras-tuner":
         import_tensorflow()

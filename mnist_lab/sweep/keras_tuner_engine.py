@@ -80,6 +80,16 @@ def run(setup: StudySetup) -> dict[str, Any]:
 
     class MlflowTuner(base):
         def run_trial(self, trial, *args, **kwargs):
+            try:
+                return self.logged_trial(trial)
+            except (kt.errors.FailedTrialError, kt.errors.FatalError):
+                raise
+            except Exception as e:
+                if store_fault(e):  # not the configuration's fault: the search stops, the trial reruns on resume
+                    raise kt.errors.FatalError(str(e)) from e
+                raise
+
+        def logged_trial(self, trial):
             values = {key: trial.hyperparameters.get(key) for key in s.params}
             if algo == "hyperband":
                 values[epochs_key] = trial.hyperparameters.get("tuner/epochs")  # Hyperband owns the epoch budget
@@ -137,7 +147,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
         # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
         records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
         raise Interrupted(f"stopped cleanly; resume with: {tracking.resume_command()}") from None
-    except kt.errors.FatalError as e:
+    except Exception as e:  # KerasTuner's FatalError from a trial, or its own state failing to save
         fault = store_fault(e)
         if fault is None:
             raise

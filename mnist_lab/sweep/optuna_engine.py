@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from mnist_lab import champion, tracking
-from mnist_lab.errors import Interrupted, MnistLabError, StoreLost, fault_cause, store_fault
+from mnist_lab.errors import Interrupted, MnistLabError, StoreLost, fault_cause, stop_signals, store_fault
 from mnist_lab.sweep import budget, display, records, recovery
 from mnist_lab.sweep.optuna_study import make_storage, open_study
 from mnist_lab.sweep.records import StudySetup
@@ -44,18 +44,19 @@ def parent_run(study, setup: StudySetup, created: bool, storage_url: str) -> str
     if created:
         # A new Optuna study under a name the MLflow store already knows would file its trials beside
         # another study's in every report; refused, and the new study removed again.
-        for run in records.study_runs(client, setup):
-            if run.data.tags.get("search_state") != storage or run.info.status != "RUNNING":
-                import optuna
+        existing = records.study_runs(client, setup)
+        if existing:
+            import optuna
 
-                optuna.delete_study(study_name=setup.name, storage=make_storage(storage_url))
-                raise MnistLabError(
-                    f"study {setup.name}: the MLflow store already holds a study of that name (run {run.info.run_id}, "
-                    f"Optuna storage {run.data.tags.get('search_state', 'unknown')}); pick another --study name, or "
-                    f"resume that one with its --storage")
+            optuna.delete_study(study_name=setup.name, storage=make_storage(storage_url))
+            run = existing[0]
+            raise MnistLabError(
+                f"study {setup.name}: the MLflow store already holds a study of that name (run {run.info.run_id}, "
+                f"Optuna storage {run.data.tags.get('search_state', 'unknown')}); pick another --study name, or "
+                f"resume that one with its --storage")
     for _ in range(PARENT_WAIT_SECONDS):
         run_id = study.user_attrs.get("mlflow_parent_run_id")  # read from the storage afresh each time
-        if not run_id:
+        if not run_id and not created:
             # A first start killed between making the run and recording it on the study left it here.
             run_id = next((r.info.run_id for r in records.study_runs(client, setup)
                            if r.data.tags.get("search_state") == storage), None)
@@ -94,7 +95,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     stop = budget.Halt()
     workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, end), n_workers, stop)
     # SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) stop the study as Ctrl-C does.
-    stopping = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    stopping = stop_signals() if threading.current_thread() is threading.main_thread() else ()
     previous = {sig: signal.signal(sig, raise_interrupt) for sig in stopping}
     hook, threading.excepthook = threading.excepthook, quiet_store_faults
     try:

@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from mnist_lab import tracking
 from mnist_lab.startup import import_tensorflow
 from mnist_lab.sweep import budget, recovery
-from mnist_lab.errors import store_fault
+from mnist_lab.errors import stop_signals, store_fault
 from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.records import StudySetup, end_interrupted
 
 STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
-LOST_STORE_EXIT = 75  # a worker process's exit code when a store went away (EX_TEMPFAIL: try again later)
+# A worker process's exit code when a store went away, one per kind, so the main process can say which.
+LOST_STORE_EXITS = {"the disk is full": 75, "the database does not answer": 76, "the tracking server does not answer": 77}
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
 def work_in_process(settings: WorkerSettings) -> None:
     """A spawned worker process: its own TensorFlow thread pool; SIGTERM, SIGHUP or the death of the
     sweep's main process stop its trial at the next batch."""
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    signal.signal(signal.SIGHUP, raise_interrupt)
+    for sig in stop_signals():
+        signal.signal(sig, raise_interrupt)
     threading.Thread(target=stop_when_orphaned, args=(settings.main_pid,), daemon=True).start()
     import_tensorflow()
     import tensorflow as tf
@@ -93,8 +94,8 @@ def work_in_process(settings: WorkerSettings) -> None:
     threading.excepthook = quiet_store_faults
     halt = Halt()
     work(settings, halt)
-    if halt.fault:  # said once by the main process; the exit code tells it
-        sys.exit(LOST_STORE_EXIT)
+    if halt.fault:  # said once by the main process; the exit code tells it which
+        sys.exit(LOST_STORE_EXITS[halt.fault])
 
 
 def raise_interrupt(signum, frame):
@@ -160,8 +161,11 @@ class Workers:
                 t.done.wait(1)
             for p in self.processes:
                 p.join(1)
-                if p.exitcode == LOST_STORE_EXIT:
-                    self.stop_event.set("a worker's store went away")
+                lost = next((fault for fault, code in LOST_STORE_EXITS.items() if p.exitcode == code), None)
+                if lost:
+                    self.stop_event.set(lost)
+            if self.stop_event.fault:
+                return  # the sweep stops the other workers now, not when they meet the fault themselves
             tick()
 
     def running(self) -> bool:
