@@ -123,6 +123,10 @@ def setup(experiment: str | None = None) -> str:
     else:
         uri, artifact_location = default_store()
     mlflow.set_tracking_uri(uri)
+    if not os.environ.get("MLFLOW_TRACKING_URI") or uri == default_store()[0]:
+        # MLflow also writes the URI into MLFLOW_TRACKING_URI; left there, a default store (mlruns/ of the
+        # folder this ran in) would pass for one the person chose, in this process and every later setup.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     experiment_id = open_experiment(uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
                                     artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)

@@ -31,6 +31,9 @@ from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.workers import WorkerSettings, Workers, quiet_store_faults, raise_interrupt
 
 PARENT_WAIT_SECONDS = 60  # how long a worker that did not create the study waits for its MLflow run
+# The creator records itself on the study milliseconds after making it: a study with no creator after
+# this long lost it to a kill in between, and nobody is coming to make its run.
+CREATOR_WAIT_SECONDS = 5
 
 
 def parent_run(study, setup: StudySetup, created: bool, storage_url: str) -> str:
@@ -54,7 +57,7 @@ def parent_run(study, setup: StudySetup, created: bool, storage_url: str) -> str
                 f"study {setup.name}: the MLflow store already holds a study of that name (run {run.info.run_id}, "
                 f"Optuna storage {run.data.tags.get('search_state', 'unknown')}); pick another --study name, or "
                 f"resume that one with its --storage")
-    for _ in range(PARENT_WAIT_SECONDS):
+    for waited in range(PARENT_WAIT_SECONDS):
         run_id = study.user_attrs.get("mlflow_parent_run_id")  # read from the storage afresh each time
         if not run_id and not created:
             # A first start killed between making the run and recording it on the study left it here.
@@ -69,7 +72,7 @@ def parent_run(study, setup: StudySetup, created: bool, storage_url: str) -> str
             client.update_run(run_id, status="RUNNING")
             return run_id
         creator = study.user_attrs.get("created_by")
-        if created or (creator and tracking.worker_is_dead(creator)):
+        if created or (creator and tracking.worker_is_dead(creator)) or (not creator and waited >= CREATOR_WAIT_SECONDS):
             break  # nobody else will make it
         time.sleep(1)  # the creating worker may be a moment behind
     run_id = records.create_parent_run(setup, "optuna", storage)
