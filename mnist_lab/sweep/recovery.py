@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from mnist_lab import tracking
 from mnist_lab.sweep.records import end_killed
@@ -69,14 +70,26 @@ def fail_running(storage, study_name: str, number: int, **user_attrs):
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    trial_id = trial_id_of(storage, study_name, number)
+    trial_id = unlocked(trial_id_of, storage, study_name, number)
     try:
         for key, value in user_attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            unlocked(storage.set_trial_user_attr, trial_id, key, value)
+        unlocked(storage.set_trial_state_values, trial_id, TrialState.FAIL)
     except (UpdateFinishedTrialError, RuntimeError):
         return None
-    return storage.get_trial(trial_id)
+    return unlocked(storage.get_trial, trial_id)
+
+
+def unlocked(call, *args, attempts: int = 20):
+    """`call(*args)`, tried again while SQLite says "database is locked": right after Ctrl-C a worker
+    that is still stopping may hold the storage's write lock for longer than SQLite's 5 s wait."""
+    for attempt in range(attempts):
+        try:
+            return call(*args)
+        except Exception as e:
+            if "database is locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def trial_id_of(storage, study_name: str, number: int) -> int:
@@ -105,7 +118,7 @@ def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
             continue
         if t.state == TrialState.RUNNING:  # it did not stop in time (or its worker failed it a moment ago: read it again)
             t = (fail_running(storage, study.study_name, t.number, interrupted=True)
-                 or storage.get_trial(trial_id_of(storage, study.study_name, t.number)))
+                 or unlocked(storage.get_trial, trial_id_of(storage, study.study_name, t.number)))
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
             settled.append(t.number)
