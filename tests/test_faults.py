@@ -127,7 +127,8 @@ def test_a_disk_that_fills_mid_study_stops_it_in_one_paragraph_and_the_study_res
 
 
 def test_workers_stop_when_their_main_process_is_killed(store):
-    proc = sweep("--n-trials", "4", "--workers", "2", *LONGER, start_new_session=True)
+    # Trials far longer than the test, so the kill lands inside both (not between two trials).
+    proc = sweep("--n-trials", "4", "--workers", "2", "data.train_size=3000", "train.epochs=10", start_new_session=True)
     assert poll(lambda: sum(t.state == optuna.trial.TrialState.RUNNING and bool(t.intermediate_values)
                             for t in trials(store)) == 2, 240), proc.communicate(timeout=60)
     workers = [int(w.rsplit(":", 1)[1]) for w in {t.user_attrs["worker"] for t in trials(store)
@@ -150,7 +151,8 @@ def test_workers_stop_when_their_main_process_is_killed(store):
     assert poll(lambda: not [t for t in trials(store) if t.state == optuna.trial.TrialState.RUNNING], 10)
     assert runs_of("smoke-optuna", "study")[0].info.status == "KILLED"
     assert not [r for r in runs_of("smoke-optuna") if r.info.status == "RUNNING"]
-    assert len([t for t in trials(store) if t.state == optuna.trial.TrialState.WAITING]) == 2
+    states = [(t.number, t.state.name, t.user_attrs) for t in trials(store)]
+    assert len([t for t in trials(store) if t.state == optuna.trial.TrialState.WAITING]) == 2, states
 
 
 def test_a_closed_terminal_stops_a_sweep_cleanly(store):

@@ -131,8 +131,17 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         try:
+            # First of all, so that a worker stopped at any instant of the trial finds it as its own.
+            trial.set_user_attr("worker", tracking.worker_id())
             return self.run_trial(trial)
         except (optuna.TrialPruned, Surplus):
+            raise
+        except KeyboardInterrupt:
+            # Not the configuration's fault, wherever in the trial it lands (training, or the logging
+            # around it): the trial runs again on resume, and its run ends KILLED.
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", "interrupted; runs again on resume")
             raise
         except Exception as e:
             fault = store_fault(e)
@@ -154,7 +163,6 @@ class Objective:
         if len(ahead) >= study.space.space.budget.n_trials:
             trial.set_user_attr("surplus", True)
             raise Surplus("the study's budget was already taken by other workers")
-        trial.set_user_attr("worker", tracking.worker_id())  # so a dead or interrupted worker's trial is found at once
         tags = trial_tags(study.name, trial.number, "optuna")
         retry_of = recovery.retried_trial_number(trial.study.trials[trial.number])
         if retry_of is not None:
@@ -177,11 +185,6 @@ class Objective:
             result = train(config, data_dir=study.data_dir, run_name=trial_run_name(study.name, trial.number), tags=tags,
                            callbacks=[watcher], parent_run_id=self.parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
-        except KeyboardInterrupt:
-            # Not the configuration's fault: the main process queues it again and ends the run KILLED.
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", "interrupted; runs again on resume")
-            raise
         except Exception as e:
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
