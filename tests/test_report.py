@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_lab import tracking
-from mnist_lab.report import analysis, runs
+from mnist_lab.report import analysis, fits, runs, seeds
 from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
@@ -28,22 +28,59 @@ def test_overfitting_verdict_on_real_runs(store):
     tracking.setup()
     # Made to overfit: 300 images, a wide dense layer on a 7x7 map (same padding), no dropout, many epochs.
     overfit = train(load_config(None, SMALL_NET + ["model.padding=same", "data.train_size=300", "model.dense=[512]", "model.dropout=0", "train.epochs=14"]), log_model=False)
-    checks = analysis.fit_checks(history_of(overfit))
+    checks = fits.fit_checks(history_of(overfit))
     assert checks["overfit_from"] is not None and checks["verdict"] == f"overfitting from epoch {checks['overfit_from']}"
     assert checks["gap_last"] > 0.05 and checks["loss_gap_last"] > 0.1
     # Not made to overfit: 20 times the data, dropout, few epochs.
     fine = train(load_config(None, SMALL_NET + ["data.train_size=6000", "model.dense=[64]", "model.dropout=0.5", "train.epochs=4"]), log_model=False)
-    checks = analysis.fit_checks(history_of(fine))
+    checks = fits.fit_checks(history_of(fine))
     assert checks["overfit_from"] is None and "overfitting" not in checks["verdict"]
     assert checks["min_val_loss_epoch"] >= 3  # still improving late in the run
 
 
-def test_fit_checks_rules():
-    rising = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "loss": [1.0, 0.5, 0.3, 0.2, 0.1], "accuracy": [0.7, 0.8, 0.9, 0.95, 0.99],
-                           "val_loss": [0.9, 0.6, 0.5, 0.55, 0.6], "val_accuracy": [0.7, 0.8, 0.85, 0.84, 0.84]})
-    assert analysis.fit_checks(rising)["verdict"] == "overfitting from epoch 4"
-    one_bump = rising.assign(val_loss=[0.9, 0.6, 0.5, 0.55, 0.45])  # a single noisy rise is not overfitting
-    assert analysis.fit_checks(one_bump)["overfit_from"] is None
+def curves(val_accuracy, val_loss, accuracy=None, loss=None) -> pd.DataFrame:
+    n = len(val_accuracy)
+    return pd.DataFrame({"epoch": range(1, n + 1), "val_accuracy": val_accuracy, "val_loss": val_loss,
+                         "accuracy": accuracy or [0.90 + 0.02 * i for i in range(n)],  # training: better every epoch
+                         "loss": loss or [0.40 - 0.05 * i for i in range(n)]})
+
+
+def test_fit_verdicts_agree_with_crafted_curves():
+    # Validation loss rising for 2 epochs after its minimum while training loss falls.
+    rising = curves([0.7, 0.8, 0.85, 0.84, 0.84], [0.9, 0.6, 0.5, 0.55, 0.6])
+    assert fits.fit_checks(rising)["verdict"] == "overfitting from epoch 4"
+    # A single noisy rise, validation loss back at a new minimum: not overfitting.
+    assert fits.fit_checks(rising.assign(val_loss=[0.9, 0.6, 0.5, 0.55, 0.45]))["overfit_from"] is None
+    # The report's trial 4: validation accuracy fell every epoch, validation loss rose at the last one,
+    # training accuracy rose by more than 0.5 points an epoch. Overfitting, not "still improving".
+    falling = curves([0.9778, 0.9766, 0.9756], [0.075, 0.073, 0.079], accuracy=[0.95, 0.975, 0.985])
+    assert fits.fit_checks(falling)["verdict"] == "overfitting from epoch 2"
+    # Best in the last epoch, training accuracy still rising fast: more epochs may help.
+    climbing = curves([0.97, 0.98, 0.985, 0.99], [0.10, 0.07, 0.05, 0.04], accuracy=[0.9, 0.95, 0.97, 0.98])
+    assert fits.fit_checks(climbing)["verdict"] == "still improving: more epochs may help"
+    # Flat at the top: a good fit.
+    flat = curves([0.985, 0.99, 0.991, 0.9905], [0.05, 0.035, 0.033, 0.034], accuracy=[0.98, 0.99, 0.992, 0.993])
+    assert fits.fit_checks(flat)["verdict"] == "good fit"
+    # Runs under 3 epochs are not judged, whatever their curves look like (README: "not judged").
+    for short in (falling.head(2), climbing.head(2), rising.head(1)):
+        assert fits.fit_checks(short)["verdict"] == "too short to tell", short
+        assert fits.fit_checks(short)["gap_last"] == pytest.approx(short.accuracy.iloc[-1] - short.val_accuracy.iloc[-1])
+
+
+def test_gap_correlations_leave_out_runs_too_short_to_judge():
+    from mnist_lab.sweep.space import Space
+
+    # Six judged runs where the gap grows with dropout; six pruned ones whose early gaps would say the opposite.
+    judged = [(f"j{i}", curves([0.95, 0.96, 0.97 - 0.01 * i], [0.1, 0.09, 0.08], accuracy=[0.95, 0.97, 0.98])) for i in range(6)]
+    short = [(f"s{i}", curves([0.5 + 0.05 * i], [1.0])) for i in range(6)]
+    history = pd.concat([h.assign(run_id=r) for r, h in judged + short], ignore_index=True)
+    dropout = [0.05 * i for i in range(6)] * 2
+    study = runs.Study(name="s", parent=None, space=Space.model_validate({"params": {"model.dropout": {"low": 0.0, "high": 0.5}}}),
+                       objective="val_accuracy", maximize=True, history=history,
+                       runs=pd.DataFrame({"run_id": [r for r, _ in judged + short], "trial": range(12),
+                                          "state": ["COMPLETE"] * 6 + ["PRUNED"] * 6, "params.model.dropout": dropout}))
+    table = fits.gap_correlations(study, fits.fit_table(study))
+    assert table.runs.tolist() == [6] and table["Spearman rho with the gap"].iloc[0] == pytest.approx(1.0)
 
 
 def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypatch, capsys, mnist_dir):
@@ -77,7 +114,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     # configuration counts its trial's run as a seed (seed 0, then seed 1 from a confirmation).
     assert f"**confirmation over seeds:** {parent.data.tags['confirmation']}" in md
     assert f"search: {parent.data.tags['stopped']}" in md
-    table, _, _ = analysis.confirmation(runs.load_study(client, experiment_id, "smoke-optuna"))
+    table, _, _ = seeds.confirmation(runs.load_study(client, experiment_id, "smoke-optuna"))
     assert list(table.seeds) == [2, 2, 2] and sorted(table.configuration.str.split(" ").str[0]) == ["baseline", "trial", "trial"]
 
     if not chromium():
@@ -87,6 +124,11 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     assert len(page["images"]) >= 5 and all(i["loaded"] for i in page["images"]), page["images"]
     assert any(i["alt"] == "optimisation history" for i in page["images"])
     assert not page["overflowing"] and not page["clipped"]  # a laptop screen shows every column
+    # The summary leads with the answer: what won, by how much over the baseline, how sure, crowned or not.
+    answer = page["text"].split("Summary: smoke-optuna\n", 1)[1].strip().splitlines()[0]
+    assert answer.startswith("trial ") and " points of validation accuracy (" in answer and "one-sided Welch p = " in answer, answer
+    assert answer.endswith(("Nothing was crowned.", ".")) and ("crowned" in answer or "mnist-cnn@champion" in answer), answer
+    assert f"**{answer}**" in md
     # every trial on the leaderboard opens its run in MLflow's UI
     assert sorted(link.rsplit("/", 1)[1] for link in page["run_links"]) == sorted(r.info.run_id for r in trials)
     assert all(link.startswith(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/") for link in page["run_links"])
@@ -186,3 +228,71 @@ def test_report_errors_are_one_line(store, capsys):
     assert len(err) == 3 and "make sweep" in err[0] and "no such study" in err[1] and "no such run" in err[2]
     assert main(["dashboard"]) == 2  # no study yet: nothing to show
     assert "no Optuna storage there yet; run `make sweep` first" in capsys.readouterr().err
+
+
+def confirmed_study(trial_seeds, baseline_seeds, crowned: bool, test=0.9946) -> runs.Study:
+    """A study whose trial 7 and baseline (trial 0) were confirmed over seeds 1.., their trial runs being seed 0."""
+    trial_runs = pd.DataFrame({"run_id": ["r7", "r0"], "trial": [7, 0], "state": ["COMPLETE"] * 2,
+                               "metrics.val_accuracy": [trial_seeds[0], baseline_seeds[0]], "metrics.test_accuracy": [test, float("nan")],
+                               "params.train.seed": ["0", "0"]})
+    confirm = pd.DataFrame([{"status": "FINISHED", "tags.source_run_id": source, "tags.config_rank": str(rank), "tags.seed": str(seed),
+                             "tags.source_label": label, "metrics.val_accuracy": score}
+                            for source, rank, label, scores in (("r7", 1, "trial 7", trial_seeds), ("r0", 2, "baseline", baseline_seeds))
+                            for seed, score in enumerate(scores) if seed > 0])
+    return runs.Study(name="s", parent=None, space=None, objective="val_accuracy", maximize=True, runs=trial_runs,
+                      history=runs._empty_history(), confirm=confirm,
+                      champion={"version": "1", "source_run_id": "r7"} if crowned else None)
+
+
+def test_the_answer_says_what_won_by_how_much_how_sure_crowned_and_its_test_accuracy():
+    from scipy import stats
+
+    won, base = [0.9940, 0.9956, 0.9938], [0.9882, 0.9905, 0.9904]
+    p = stats.ttest_ind(won, base, equal_var=False, alternative="greater").pvalue  # SciPy's, not the lab's
+    said = seeds.answer(confirmed_study(won, base, crowned=True))
+    assert said == (f"trial 7 beats the baseline by +{100 * (sum(won) - sum(base)) / 3:.2f} points of validation accuracy "
+                    f"({sum(won) / 3:.4f} against {sum(base) / 3:.4f}, means over 3 and 3 seeds; one-sided Welch p = {p:.2g}). "
+                    "It is mnist-cnn@champion (version 1); its one test-set evaluation: 0.9946."), said
+    assert "+0.48 points" in said
+    tied = seeds.answer(confirmed_study([0.990, 0.985, 0.992], [0.989, 0.990, 0.986], crowned=False, test=float("nan")))
+    assert tied.startswith("trial 7 does not beat the baseline with confidence: +0.07 points") and tied.endswith("Nothing was crowned."), tied
+    alone = seeds.answer(confirmed_study([0.99, 0.992], [0.98], crowned=False))
+    assert alone.startswith("trial 7 scores 0.9910 validation accuracy over 2 seeds; no baseline or champion was confirmed"), alone
+    assert seeds.answer(runs.Study("s", None, None, "val_accuracy", True, pd.DataFrame(), runs._empty_history())).startswith("No answer yet")
+
+
+def test_the_leaderboard_of_the_default_space_fits_a_laptop_screen(tmp_path):
+    """All 15 hyperparameters of experiments/sweep.yaml, ten trials with long values, baseline and champion
+    marked: no sideways scroll at 1366 px in Chromium, and one order (complete by score, then pruned)."""
+    import random
+
+    import yaml
+
+    from mnist_lab.report import page
+    import optuna
+
+    from mnist_lab.sweep.space import Space, distributions
+
+    space = Space.model_validate(yaml.safe_load((REPO / "experiments" / "sweep.yaml").read_text()))
+    rng = random.Random(0)
+    rows = []
+    for n in range(12):
+        values = {f"params.{k}": rng.choice(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution)
+                  else rng.randrange(d.low, d.high + 1, d.step) if isinstance(d, optuna.distributions.IntDistribution)
+                  else rng.uniform(d.low, d.high) for k, d in distributions(space).items()}
+        rows.append({"run_id": f"{n:032x}", "trial": n, "state": "PRUNED" if n % 3 == 2 else "COMPLETE", "experiment_id": "1",
+                     "metrics.val_accuracy": 0.98 + rng.random() / 100, "metrics.train_seconds": 123.456 + n,
+                     "params.param_count": str(1_234_567 + n), "tags.pruned_at_epoch": "0.12", **values})
+    rows[0]["metrics.test_accuracy"] = 0.9946
+    study = runs.Study(name="wide", parent=None, space=space, objective="val_accuracy", maximize=True, runs=pd.DataFrame(rows),
+                       history=runs._empty_history(), champion={"version": "3", "source_run_id": rows[0]["run_id"]})
+    board = analysis.leaderboard(study)
+    states = [study.runs.set_index("trial").state[int(t.split()[1])] for t in board.trial]
+    assert states == sorted(states)  # COMPLETE before PRUNED
+    complete = board[board.trial.map(lambda t: "pruned" not in t)]
+    assert list(complete.val_accuracy) == sorted(complete.val_accuracy, reverse=True)
+    paths = page.build([study], tmp_path / "report")
+    seen = inspect_page(paths["html"], width=1366)
+    assert not seen["overflowing"] and not seen["clipped"], seen["clipped"]
+    board_text = seen["text"].split("\nLeaderboard\n", 1)[1]
+    assert "trial 0 champion" in board_text.split("Optimisation history")[0], board_text[:1000]

@@ -90,7 +90,7 @@ def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit
 def test_the_report_judges_a_trial_against_an_incumbent_by_the_sweeps_gate():
     import numpy as np
 
-    from mnist_lab.report.analysis import compare_seeds
+    from mnist_lab.report.seeds import compare_seeds
 
     # The seeds of `make sweep` at 4c73b2a: one-sided p = 0.026 crowned trial 7, two-sided p = 0.052.
     trial, baseline = [0.9928, 0.9938, 0.9926], [0.9914, 0.9914, 0.9894]

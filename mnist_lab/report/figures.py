@@ -98,7 +98,8 @@ def axis_plots(study: Study) -> str | None:
         x = pd.to_numeric(done[f"params.{key}"], errors="coerce")
         p = study.space.params[key]
         if isinstance(p, ChoiceParam) or x.isna().any():
-            sns.stripplot(x=done[f"params.{key}"].astype(str), y=done[col], ax=ax, size=6)
+            # Ordered choices in their order (kernel 3, 5, 7), each one shown even if no complete trial drew it.
+            sns.stripplot(x=done[f"params.{key}"].map(value_text), y=done[col], ax=ax, size=6, order=choice_order(p))
         else:
             sns.scatterplot(x=x, y=done[col], ax=ax, s=40)
             if getattr(p, "log", False):
@@ -107,6 +108,13 @@ def axis_plots(study: Study) -> str | None:
         ax.set(xlabel=key, ylabel=study.objective)
     fig.tight_layout()
     return png(fig)
+
+
+def choice_order(p) -> list[str] | None:
+    if not isinstance(p, ChoiceParam):
+        return None
+    numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p.choices)
+    return [value_text(c) for c in (sorted(p.choices) if numeric else p.choices)]
 
 
 def gap_plot(study: Study, fits: pd.DataFrame) -> str | None:

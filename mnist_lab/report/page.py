@@ -19,8 +19,8 @@ import pandas as pd
 
 from mnist_lab import tracking
 from mnist_lab.errors import MnistLabError
-from mnist_lab.report import analysis, figures
-from mnist_lab.report.analysis import MIN_IMPORTANCE_TRIALS, UNJUDGED
+from mnist_lab.report import analysis, figures, fits, seeds
+from mnist_lab.report.analysis import MIN_IMPORTANCE_TRIALS
 from mnist_lab.report.runs import Study, load_runs, load_study
 from mnist_lab.sweep.records import report_line
 
@@ -37,18 +37,22 @@ def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def linked(board: pd.DataFrame, study: Study, html: bool) -> pd.DataFrame:
-    """The leaderboard with each trial linked to its run in MLflow's UI."""
+    """The leaderboard with each trial linked to its run in MLflow's UI, and marked as the baseline
+    or the champion where it is one."""
     if board.empty or "run_id" not in board:
-        return board.drop(columns=["run_id"], errors="ignore")
+        return board.drop(columns=["run_id", "role"], errors="ignore")
     from html import escape
 
     experiments = study.runs.set_index("run_id")["experiment_id"] if "experiment_id" in study.runs else {}
     out = board.copy()
     for i, row in out.iterrows():
         url = tracking.run_link(str(experiments.get(row.run_id, "0")), row.run_id)
-        out.at[i, "trial"] = (f'<a href="{escape(url)}" title="run {row.run_id}">{escape(row.trial)}</a>' if html
-                              else f"[{row.trial}]({url})")
-    out = out.drop(columns=["run_id"])
+        if html:
+            mark = f' <span class="role {row.role}">{row.role}</span>' if row.role else ""
+            out.at[i, "trial"] = f'<a href="{escape(url)}" title="run {row.run_id}">{escape(row.trial)}</a>{mark}'
+        else:
+            out.at[i, "trial"] = f"[{row.trial}]({url})" + (f" **{row.role}**" if row.role else "")
+    out = out.drop(columns=["run_id", "role"])
     if html:  # long names may break after a dot or an underscore, never inside a word
         out.columns = [c.replace(".", ".\u200b").replace("_", "_\u200b") for c in out.columns]
     return out
@@ -60,17 +64,17 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
-    all_fits = {s.name: analysis.fit_table(s) for s in studies}
+    all_fits = {s.name: fits.fit_table(s) for s in studies}
     for s in studies:
         top = analysis.ranked(s)
-        fits = all_fits[s.name]
-        conf_table, conf_tests, conf_verdicts = analysis.confirmation(s)
+        checks = all_fits[s.name]
+        conf_table, conf_tests, conf_verdicts = seeds.confirmation(s)
         summary = analysis.summarize(s)
-        overfit = fits[fits.overfit_from.notna()] if "overfit_from" in fits else pd.DataFrame()
-        judged = fits[~fits.verdict.isin(UNJUDGED)] if "verdict" in fits else pd.DataFrame()
+        overfit = checks[checks.overfit_from.notna()] if "overfit_from" in checks else pd.DataFrame()
+        judged = fits.judged(checks)
         board = analysis.leaderboard(s)
         sections.append({
-            "name": s.name, "summary": summary,
+            "name": s.name, "summary": summary, "answer": seeds.answer(s),
             "edges": analysis.edge_warnings(s, summary["best"]) if summary["best"] is not None else [],
             "leaderboard": _fmt(board), "leaderboard_html": _fmt(linked(board, s, html=True)),
             "leaderboard_md": _fmt(linked(board, s, html=False)), "history": figures.history_plot(s),
@@ -78,9 +82,10 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
             "n_judged": len(judged),
             "curves": figures.curves_overlay(s, top.head(TOP_CURVES)) if len(top) and len(s.history) else None,
             "grid": figures.curves_grid(s, top.head(GRID_CURVES)) if len(top) and len(s.history) else None,
-            "fits": _fmt(fits.drop(columns=["run_id"]).rename(columns={"overfit_from": "overfitting from"})) if len(fits) else pd.DataFrame(),
-            "n_overfit": len(overfit), "n_fits": len(fits),
-            "gap_corr": analysis.gap_correlations(s, fits), "gap_plot": figures.gap_plot(s, fits),
+            "grid_shown": min(GRID_CURVES, len(top)), "n_finished": len(top),
+            "fits": _fmt(checks.drop(columns=["run_id"]).rename(columns={"overfit_from": "overfitting from"})) if len(checks) else pd.DataFrame(),
+            "n_overfit": len(overfit), "n_fits": len(checks),
+            "gap_corr": fits.gap_correlations(s, checks), "gap_plot": figures.gap_plot(s, judged),
             "axis": figures.axis_plots(s), "importance": analysis.importances(s), "parallel": figures.parallel_coordinates(s), "pareto": figures.pareto_plot(s),
             "confirm": conf_table, "confirm_tests": conf_tests, "confirm_verdicts": conf_verdicts,
         })
@@ -92,10 +97,10 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
     _write(paths["md"], env.get_template("report.md.j2").render(**context))
     frames = []
     for s in studies:
-        fits = all_fits[s.name]
+        checks = all_fits[s.name]
         frame = s.runs.assign(study=s.name)
-        if len(fits):
-            frame = frame.merge(fits.drop(columns=["trial", "state"]), on="run_id", how="left")
+        if len(checks):
+            frame = frame.merge(checks.drop(columns=["trial", "state"]), on="run_id", how="left")
         frames.append(frame)
     csv = pd.concat(frames, ignore_index=True)
     csv.to_csv(paths["csv"].with_suffix(".tmp"), index=False)

@@ -34,6 +34,7 @@ class Study:
     runs: pd.DataFrame  # one row per trial run: run_id, state, params..., metrics...
     history: pd.DataFrame  # run_id, epoch, loss, accuracy, val_loss, val_accuracy, epoch_seconds
     confirm: pd.DataFrame = field(default_factory=pd.DataFrame)
+    champion: dict[str, str] | None = None  # mnist-cnn@champion: version, source_run_id (whatever study crowned it)
 
     @property
     def searched(self) -> list[str]:
@@ -57,7 +58,19 @@ def load_study(client, experiment_id: str, name: str) -> Study:
         objective=objective.metric if objective else "val_accuracy",
         maximize=(objective.way == "maximize") if objective else True,
         runs=trials, history=histories(client, list(trials.run_id)) if len(trials) else _empty_history(), confirm=confirm,
+        champion=champion(client),
     )
+
+
+def champion(client) -> dict[str, str] | None:
+    """The registry's mnist-cnn@champion now: its version and the run its model came from."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+    return {"version": str(version.version), "source_run_id": version.tags.get("source_run_id") or version.run_id or ""}
 
 
 def load_runs(client, run_ids: list[str]) -> Study:

@@ -167,6 +167,8 @@ class Objective:
         retry_of = recovery.retried_trial_number(trial.study.trials[trial.number])
         if retry_of is not None:
             tags["retry_of_trial"] = str(retry_of)
+        if trial.user_attrs.get("baseline"):
+            tags["baseline"] = "true"  # the report and MLflow's run list mark it
         values = suggest_optuna(trial, study.space.space)
         try:
             config = study.config_for(values)
