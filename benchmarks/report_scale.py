@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (make bench reads it)")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from mnist_lab import tracking
+    from mnist_lab import provenance
     from mnist_lab.report import page
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +90,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         size = Path(paths["html"]).stat().st_size / 1e6
         print(f"report over {args.runs} runs x {args.epochs} epochs: median {statistics.median(times):.1f} s "
-              f"(each: {', '.join(f'{t:.1f}' for t in times)}; index.html {size:.1f} MB) on {tracking.cpu_model()}, "
+              f"(each: {', '.join(f'{t:.1f}' for t in times)}; index.html {size:.1f} MB) on {provenance.cpu_model()}, "
               f"{os.cpu_count()} cores", flush=True)
         if args.json:
             print(json.dumps({"runs": args.runs, "epochs": args.epochs, "seconds": times}))

@@ -112,7 +112,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mnist_lab.report import page
 
-    paths = page.run(args.study, args.runs, args.out)
+    if args.ui_url and not args.ui_url.startswith(("http://", "https://")):
+        raise MnistLabError(f"--ui-url {args.ui_url}: not a web address; pass one like http://127.0.0.1:5000")
+    paths = page.run(args.study, args.runs, args.out, args.ui_url.rstrip("/") if args.ui_url else None)
     print(f"wrote {paths['html']} (open it in a browser), {paths['md']} and {paths['csv']}")
     return 0
 
@@ -147,18 +149,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         study = None
     opens_on = f"the runs of study {study}" if study else "the experiment's runs (no study yet)"
     uri = tracking.current_uri()
-    if tracking.ui_url() != tracking.UI_URL:  # a tracking server: it serves its own UI
+    if uri.startswith(("http://", "https://")):  # a tracking server: it serves its own UI
         print(f"{tracking.redact(uri)} is a tracking server with its own UI; {opens_on}:\n  "
               f"{tracking.runs_link(experiment_id, study)}")
         return 0
-    base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI over {tracking.redact(uri)} on {base} (Ctrl-C stops it); {opens_on}:\n  "
-          f"{tracking.runs_link(experiment_id, study, base)}", flush=True)
-    # Starlette's deprecation notices from MLflow's server code are not for the person reading the UI.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
-    # Two workers, not MLflow's four: one person's browser, and each worker takes seconds to start on 2 cores.
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                              "--host", args.host, "--port", str(args.port), "--workers", "2"])  # replaces this process
+    from mnist_lab import ui
+
+    return ui.serve(args.host, args.port, experiment_id, study)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -224,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--study", action="append", metavar="NAME", help="a study (repeat to put several side by side)")
     p.add_argument("--runs", nargs="+", metavar="ID", help="report on these runs instead of a study")
     p.add_argument("--out", metavar="DIR", help="output folder (default reports/)")
+    p.add_argument("--ui-url", metavar="URL", help="the MLflow UI the report's links open (default: the tracking server "
+                   "in use, else where `mnist-lab ui` serves this store now, else http://127.0.0.1:5000)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("confirm", help="retrain a study's top configurations over several seeds", description=(

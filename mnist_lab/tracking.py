@@ -7,13 +7,12 @@ server, http://host:5000) overrides it; MLFLOW_EXPERIMENT_NAME picks the experim
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import platform
 import re
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 from functools import lru_cache
@@ -214,9 +213,29 @@ def worker_is_dead(worker: str | None) -> bool:
 
 
 def ui_url() -> str:
-    """The MLflow UI that shows the store in use: the tracking server itself, or `mnist-lab ui`'s."""
+    """The MLflow UI that shows the store in use: the tracking server itself, else the address a
+    `mnist-lab ui` over this store serves now, else the one it serves by default."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return redact(uri.rstrip("/")) if uri.startswith(("http://", "https://")) else UI_URL
+    if uri.startswith(("http://", "https://")):
+        return redact(uri.rstrip("/"))
+    record = ui_record()
+    try:
+        served = json.loads(record.read_text()) if record else None
+    except (OSError, ValueError):
+        served = None
+    if served and served.get("store") == current_uri() and not worker_is_dead(served.get("worker")):
+        return served["url"]
+    return UI_URL
+
+
+def ui_record() -> Path | None:
+    """Where `mnist-lab ui` writes the address it serves a local store on (beside the store's database)."""
+    uri = current_uri()
+    return Path(uri.removeprefix("sqlite:///")).parent / "ui.json" if uri.startswith("sqlite:///") else None
+
+
+# MLflow 3 opens a page in its GenAI view (traces, judges) unless the link asks for the model-training one.
+VIEW = "workflowType=machine_learning"
 
 
 def runs_link(experiment_id: str, study: str | None = None, base: str | None = None) -> str:
@@ -230,7 +249,7 @@ def runs_link(experiment_id: str, study: str | None = None, base: str | None = N
 
 
 def run_link(experiment_id: str, run_id: str, base: str | None = None) -> str:
-    return f"{base or ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base or ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{VIEW}"
 
 
 def create_sqlite_atomically(uri: str, init) -> None:
@@ -274,33 +293,6 @@ def model_uri(run_id: str) -> str:
     return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/model"
 
 
-@lru_cache(maxsize=1)
-def git_state() -> tuple[str, bool]:
-    """(commit, dirty) of the checkout the code runs from; ('unknown', False) outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout
-        return commit, bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
-
-
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def command_line() -> str:
     """The command as typed, passwords masked: it is stored on runs and printed as the way to resume."""
     return redact(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
@@ -310,33 +302,3 @@ def resume_command() -> str:
     """The command line that resumes this one, with the tracking store it logged to (password masked)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow sets it too, to the default store: that one goes without saying
     return (f"MLFLOW_TRACKING_URI={redact(uri)} " if uri and uri != default_store()[0] else "") + command_line()
-
-
-def provenance_tags() -> dict[str, str]:
-    """Tags that let anyone tell whether two runs are comparable, and rerun one."""
-    import keras
-    import tensorflow as tf
-
-    commit, dirty = git_state()
-    return {
-        "git_commit": commit,
-        "git_dirty": str(dirty).lower(),
-        "command": command_line(),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "cpu_model": cpu_model(),
-        "cpu_count": str(os.cpu_count()),
-        "python_version": platform.python_version(),
-    }
-
-
-@lru_cache(maxsize=1)
-def pip_freeze() -> str:
-    from importlib.metadata import distributions
-
-    lines = set()
-    for d in distributions():
-        meta = d.metadata  # parsed once per distribution: name and version both come from it
-        if meta["Name"]:
-            lines.add(f"{meta['Name']}=={meta['Version']}")
-    return "\n".join(sorted(lines, key=str.lower)) + "\n"

@@ -28,7 +28,7 @@ import mlflow.keras
 import numpy as np
 import yaml
 
-from mnist_lab import data, plots, tracking
+from mnist_lab import data, plots, provenance, tracking
 from mnist_lab.config import Config
 from mnist_lab.errors import MnistLabError, check_save_path
 from mnist_lab.model import build_model
@@ -193,7 +193,7 @@ def train(
         # The optimizer's step count drives the schedule; Adam's moments start afresh.
         model.optimizer.iterations.assign(initial_epoch * config.train.steps_per_epoch(config.data.train_count()))
 
-    run_tags = tracking.provenance_tags() | {"data_digest": split.digest, "seed": str(config.train.seed)} | (tags or {})
+    run_tags = provenance.provenance_tags() | {"command": tracking.command_line()} | {"data_digest": split.digest, "seed": str(config.train.seed)} | (tags or {})
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id, tags=run_tags) as run:
         try:
@@ -325,6 +325,6 @@ def _log_artifacts(config: Config, result: TrainResult, split: data.Split, y_pre
         plots.plt.close(figure)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-        (Path(tmp) / "requirements.txt").write_text(tracking.pip_freeze())
+        (Path(tmp) / "requirements.txt").write_text(provenance.pip_freeze())
         mlflow.log_artifact(str(Path(tmp) / "config.yaml"))
         mlflow.log_artifact(str(Path(tmp) / "requirements.txt"), artifact_path="environment")

@@ -122,6 +122,39 @@ def serve(command: list[str], ready_url: str, timeout: float = 120, env: dict | 
         proc.wait()
 
 
+def shown_after(path: Path, selector: str, within_ms: int = 8000) -> bool:
+    """Does an element matching `selector` become visible within `within_ms` of the page loading?"""
+    from playwright.sync_api import TimeoutError, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.goto(Path(path).resolve().as_uri(), wait_until="load")
+            try:
+                page.wait_for_selector(selector, state="visible", timeout=within_ms)
+                return True
+            except TimeoutError:
+                return False
+        finally:
+            browser.close()
+
+
+def mlflow_page_text(link: str, wait_for: str, width: int = 1366, height: int = 768) -> str:
+    """The text of MLflow's UI at `link`, once `wait_for` shows."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(link, wait_until="load")
+            page.wait_for_selector(f"text={wait_for}", timeout=60_000)
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
 def mlflow_runs_page(link: str, study: str, width: int = 1366, height: int = 768, screenshot: Path | None = None) -> str:
     """Open MLflow's UI at `link`, wait for the study's run, expand it; the page's text."""
     from playwright.sync_api import sync_playwright

@@ -1,6 +1,7 @@
 """The report, on real runs: a real sweep, real confirmations, real overfitting, checked in Chromium."""
 
 import json
+import signal
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
 
-from browser import chromium, free_port, inspect_page, mlflow_runs_page, serve, toc_in_sandbox
+from browser import chromium, free_port, inspect_page, mlflow_page_text, mlflow_runs_page, serve, shown_after, toc_in_sandbox
 from conftest import REPO
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -130,8 +131,11 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     assert answer.endswith(("Nothing was crowned.", ".")) and ("crowned" in answer or "mnist-cnn@champion" in answer), answer
     assert f"**{answer}**" in md
     # every trial on the leaderboard opens its run in MLflow's UI
-    assert sorted(link.rsplit("/", 1)[1] for link in page["run_links"]) == sorted(r.info.run_id for r in trials)
+    assert sorted(link.rsplit("/", 1)[1].split("?")[0] for link in page["run_links"]) == sorted(r.info.run_id for r in trials)
+    # MLflow's default address (no UI runs now: the page says how to start one), in the model-training view
     assert all(link.startswith(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/") for link in page["run_links"])
+    assert all(link.endswith("?workflowType=machine_learning") for link in page["run_links"])
+    assert shown_after(out / "index.html", ".no-ui")
     # one-epoch runs cannot show overfitting: said so, not passed in green
     assert "Not judged: 3 of 3 runs are too short to tell" in page["text"] and "runs overfit" not in page["text"]
     # the table of contents works where MLflow shows the report (a sandboxed blob: iframe)
@@ -162,18 +166,33 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     # `make ui` opens on the latest study's runs in the model-training view, not on GenAI traces.
     port = free_port()
     with serve([str(REPO / ".venv" / "bin" / "mnist-lab"), "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health") as ui:
-        said = [ui.stdout.readline() for _ in range(2)]
-        assert said[0].startswith(f"MLflow UI over sqlite:///{store / 'mlruns' / 'mlflow.db'} on http://127.0.0.1:{port}")
-        link = said[1].strip()
+        said = [ui.stdout.readline() for _ in range(3)]
+        assert said[0].startswith(f"MLflow UI over sqlite:///{store / 'mlruns' / 'mlflow.db'} on http://127.0.0.1:{port}: starting")
+        assert said[1].startswith("ready (Ctrl-C stops it)")  # said once the server answers, not before
+        link = said[2].strip()
         assert "workflowType=machine_learning" in link and "smoke-keras-tuner" in link  # the latest study
         text = mlflow_runs_page(link, "smoke-keras-tuner")
         assert "smoke-keras-tuner-trial-0" in text and "smoke-optuna-trial" not in text  # filtered to the study
+        # A report made now links to the port this UI serves; a run link opens the run in the model-training view.
+        assert main(["report", "--study", "smoke-optuna", "--out", str(store / "with-ui")]) == 0
+        served = inspect_page(store / "with-ui" / "smoke-optuna" / "index.html")["run_links"]
+        assert served and all(link.startswith(f"http://127.0.0.1:{port}/#/experiments/") for link in served), served
+        assert not shown_after(store / "with-ui" / "smoke-optuna" / "index.html", ".no-ui", within_ms=3000)
+        best = runs.load_study(MlflowClient(), experiment_id, "smoke-optuna").runs.sort_values("trial").iloc[0]
+        run_page = mlflow_page_text(next(link for link in served if best.run_id in link), "val_accuracy")
+        assert best["tags.mlflow.runName"] in run_page and "Judges" not in run_page, run_page[:1500]
         # With a tracking server in MLFLOW_TRACKING_URI it serves nothing itself: it links into that server's UI.
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         capsys.readouterr()
         assert main(["ui"]) == 0
         assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?" in capsys.readouterr().out
         monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    # Ctrl-C stops the UI with one line (MLflow's server gets it from `mnist-lab ui`, not from the terminal).
+    with serve([str(REPO / ".venv" / "bin" / "mnist-lab"), "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health") as ui:
+        ui.send_signal(signal.SIGINT)
+        out_text, err_text = ui.communicate(timeout=30)
+        assert ui.returncode == 0 and out_text.splitlines()[-1] == "MLflow UI stopped." and err_text == "", (out_text, err_text)
+        assert "GET /" not in out_text and not (store / "mlruns" / "ui.json").exists()
     # Optuna Dashboard (its own app, in this process) names the objective instead of "Objective 0".
     from optuna_dashboard import wsgi
 

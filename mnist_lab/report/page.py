@@ -36,7 +36,7 @@ def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
     return out.fillna("")
 
 
-def linked(board: pd.DataFrame, study: Study, html: bool) -> pd.DataFrame:
+def linked(board: pd.DataFrame, study: Study, html: bool, ui_url: str) -> pd.DataFrame:
     """The leaderboard with each trial linked to its run in MLflow's UI, and marked as the baseline
     or the champion where it is one."""
     if board.empty or "run_id" not in board:
@@ -46,7 +46,7 @@ def linked(board: pd.DataFrame, study: Study, html: bool) -> pd.DataFrame:
     experiments = study.runs.set_index("run_id")["experiment_id"] if "experiment_id" in study.runs else {}
     out = board.copy()
     for i, row in out.iterrows():
-        url = tracking.run_link(str(experiments.get(row.run_id, "0")), row.run_id)
+        url = tracking.run_link(str(experiments.get(row.run_id, "0")), row.run_id, ui_url)
         if html:
             mark = f' <span class="role {row.role}">{row.role}</span>' if row.role else ""
             out.at[i, "trial"] = f'<a href="{escape(url)}" title="run {row.run_id}">{escape(row.trial)}</a>{mark}'
@@ -58,11 +58,13 @@ def linked(board: pd.DataFrame, study: Study, html: bool) -> pd.DataFrame:
     return out
 
 
-def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
-    """Write index.html, report.md and runs.csv for `studies` (the first one names the report)."""
+def build(studies: list[Study], out_dir: Path, ui_url: str | None = None) -> dict[str, Path]:
+    """Write index.html, report.md and runs.csv for `studies` (the first one names the report), its
+    links pointing into MLflow's UI at `ui_url` (default: where the store in use is served)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    ui_url = ui_url or tracking.ui_url()
     sections = []
     all_fits = {s.name: fits.fit_table(s) for s in studies}
     for s in studies:
@@ -76,8 +78,8 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
         sections.append({
             "name": s.name, "summary": summary, "answer": seeds.answer(s),
             "edges": analysis.edge_warnings(s, summary["best"]) if summary["best"] is not None else [],
-            "leaderboard": _fmt(board), "leaderboard_html": _fmt(linked(board, s, html=True)),
-            "leaderboard_md": _fmt(linked(board, s, html=False)), "history": figures.history_plot(s),
+            "leaderboard": _fmt(board), "leaderboard_html": _fmt(linked(board, s, True, ui_url)),
+            "leaderboard_md": _fmt(linked(board, s, False, ui_url)), "history": figures.history_plot(s),
             "n_complete": int((s.runs.state == "COMPLETE").sum()), "min_importance_trials": MIN_IMPORTANCE_TRIALS,
             "n_judged": len(judged),
             "curves": figures.curves_overlay(s, top.head(TOP_CURVES)) if len(top) and len(s.history) else None,
@@ -91,7 +93,7 @@ def build(studies: list[Study], out_dir: Path) -> dict[str, Path]:
         })
     env = Environment(loader=PackageLoader("mnist_lab.report"), autoescape=select_autoescape(["html"]))
     context = {"title": " vs ".join(s.name for s in studies), "sections": sections, "compare": figures.compare_plot(studies),
-               "ui_url": tracking.ui_url()}
+               "ui_url": ui_url}
     paths = {"html": out_dir / "index.html", "md": out_dir / "report.md", "csv": out_dir / "runs.csv"}
     _write(paths["html"], env.get_template("report.html.j2").render(**context))
     _write(paths["md"], env.get_template("report.md.j2").render(**context))
@@ -115,7 +117,7 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | None) -> dict[str, Path]:
+def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | None, ui_url: str | None = None) -> dict[str, Path]:
     from mlflow import MlflowClient
 
     for name in study_names or []:
@@ -132,7 +134,7 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
         studies = [load_study(client, experiment_id, n) for n in names]
     out_dir = Path(out or "reports") / "-vs-".join(s.name for s in studies)
     try:
-        paths = build(studies, out_dir)
+        paths = build(studies, out_dir, ui_url)
     except OSError as e:
         raise MnistLabError(f"--out {out or 'reports'}: cannot write the report there ({e.strerror or e}); "
                             "pass --out DIR somewhere you can write") from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_lab import tracking
+from mnist_lab import provenance, tracking
 from mnist_lab.champion import LOCK_TAG
 from mnist_lab.config import Config
 from mnist_lab.errors import MnistLabError
@@ -57,7 +57,7 @@ def create_parent_run(study: StudySetup, engine: str, search_state: str, sampler
     from mlflow import MlflowClient
 
     s = study.space.space
-    commit, dirty = tracking.git_state()
+    commit, dirty = provenance.git_state()
     client = MlflowClient()
     run = client.create_run(
         study.experiment_id,
