@@ -201,11 +201,24 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     one = json.loads(call_wsgi(app, f"/api/studies/{studies[0]['study_id']}"))
     assert one["name"] == "smoke-optuna" and one["objective_names"] == ["val_accuracy"]
 
-    # Two studies side by side (Optuna against KerasTuner): the comparison section appears.
+    # Two studies side by side (Optuna against KerasTuner): one comparison page, in its own folder,
+    # logged beside each study's own report, overwriting nothing.
+    own = {a.path: a.file_size for a in client.list_artifacts(parent.info.run_id, "report")}
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
     assert main(["report", "--study", "smoke-optuna", "--study", "smoke-keras-tuner"]) == 0
-    both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-keras-tuner" / "index.html")
-    assert "comparison" in both["sections"] and all(i["loaded"] for i in both["images"])
-    assert any(i["alt"] == "best so far against compute" for i in both["images"])
+    both = inspect_page(store / "reports" / "smoke-optuna-vs-smoke-keras-tuner" / "index.html", width=1366)
+    assert both["sections"] == ["answers", "side-by-side", "compute"] and all(i["loaded"] for i in both["images"])
+    assert {i["alt"] for i in both["images"]} == {"best so far against compute", "best trials' curves on shared axes"}
+    assert not both["overflowing"] and not both["clipped"]
+    table = both["text"].split("Side by side", 1)[1]
+    assert "smoke-optuna\tsmoke-keras-tuner" in table and "validation images\t500\t500" in table, table[:800]
+    assert "The studies scored on the same validation images" in both["text"]  # same data settings: nothing to warn of
+    assert {a.path: a.file_size for a in client.list_artifacts(parent.info.run_id, "report")} == own
+    assert client.get_run(parent.info.run_id).data.tags["mlflow.note.content"] == note
+    for study in ("smoke-optuna", "smoke-keras-tuner"):
+        logged = client.search_runs([experiment_id], f"tags.`mnist_lab.kind` = 'study' and tags.study = '{study}'")[0]
+        assert {a.path for a in client.list_artifacts(logged.info.run_id, "comparisons/smoke-optuna-vs-smoke-keras-tuner")} == {
+            f"comparisons/smoke-optuna-vs-smoke-keras-tuner/{f}" for f in ("index.html", "report.md", "runs.csv")}
 
 
 def test_values_and_ranges_are_shown_as_they_are():
@@ -315,3 +328,24 @@ def test_the_leaderboard_of_the_default_space_fits_a_laptop_screen(tmp_path):
     assert not seen["overflowing"] and not seen["clipped"], seen["clipped"]
     board_text = seen["text"].split("\nLeaderboard\n", 1)[1]
     assert "trial 0 champion" in board_text.split("Optimisation history")[0], board_text[:1000]
+
+
+def test_studies_that_cannot_be_compared_as_they_stand_are_warned_of():
+    from mnist_lab.report import compare
+
+    def study(name, validation, per_epoch, precision):
+        frame = pd.DataFrame({"run_id": [f"{name}{i}" for i in range(2)], "trial": [0, 1], "state": ["COMPLETE"] * 2,
+                              "metrics.val_accuracy": [0.98, 0.97], "params.validation_images": [str(validation)] * 2,
+                              "params.train_images": [str(per_epoch)] * 2, "params.data.seed": ["0"] * 2,
+                              "params.precision": [precision] * 2, "tags.cpu_model": ["AMD EPYC"] * 2})
+        return runs.Study(name, None, None, "val_accuracy", True, frame, runs._empty_history())
+
+    same = compare.warnings([study("a", 5000, 55000, "float32"), study("b", 5000, 55000, "float32")])
+    assert same == []
+    said = compare.warnings([study("a", 500, 1000, "float32"), study("b", 5000, 55000, "mixed_bfloat16")])
+    assert len(said) == 3, said
+    assert said[0].startswith("The studies differ in validation images (a: 500; b: 5000)")
+    assert said[1].startswith("The studies differ in training images per epoch (a: 1000; b: 55,000)")
+    assert "float32 on AMD EPYC" in said[2] and "mixed_bfloat16 on AMD EPYC" in said[2]
+    table = compare.side_by_side([study("a", 500, 1000, "float32"), study("b", 5000, 55000, "float32")])
+    assert list(table.columns) == ["", "a", "b"] and table.set_index("").loc["validation images"].tolist() == ["500", "5000"]

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mnist_lab.report.analysis import MIN_TREND_POINTS, label, range_position, value_text
+from mnist_lab.report.analysis import MIN_TREND_POINTS, label, range_position, ranked, value_text
 from mnist_lab.report.runs import Study
 from mnist_lab.sweep.space import ChoiceParam
 
@@ -234,7 +234,13 @@ def history_plot(study: Study) -> str | None:
     return png(fig)
 
 
+def images_seen(study: Study) -> pd.Series:
+    """run id -> training images per epoch: epochs of different studies are not the same amount of training."""
+    return pd.to_numeric(study.runs.set_index("run_id").get("params.train_images", pd.Series(dtype=float)), errors="coerce")
+
+
 def compare_plot(studies: list[Study]) -> str | None:
+    """Best so far against compute, every study on the same axes: training images seen and seconds."""
     import seaborn as sns
 
     if len(studies) < 2:
@@ -243,16 +249,51 @@ def compare_plot(studies: list[Study]) -> str | None:
     for s in studies:
         r = s.runs.sort_values("start_time") if "start_time" in s.runs else s.runs
         col = f"metrics.{s.objective}"
-        epochs = s.history.groupby("run_id").epoch.max()
+        images = r.run_id.map(s.history.groupby("run_id").epoch.max()).fillna(0) * r.run_id.map(images_seen(s)).fillna(0)
         seconds = r.get("metrics.train_seconds", pd.Series(0.0, index=r.index)).fillna(0)
         values = r[col] if col in r else pd.Series(np.nan, index=r.index)
         best = values.where(r.state == "COMPLETE").cummax() if s.maximize else values.where(r.state == "COMPLETE").cummin()
-        rows.append(pd.DataFrame({"study": s.name, "epochs": r.run_id.map(epochs).fillna(0).cumsum().to_numpy(),
+        rows.append(pd.DataFrame({"study": s.name, "images": images.cumsum().to_numpy(),
                                   "seconds": seconds.cumsum().to_numpy(), "best so far": best.ffill().to_numpy()}))
     frame = pd.concat(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for ax, x in zip(axes, ("epochs", "seconds")):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    for ax, x in zip(axes, ("images", "seconds")):
         sns.lineplot(frame, x=x, y="best so far", hue="study", drawstyle="steps-post", marker="o", ax=ax)
-        ax.set(xlabel=f"compute spent ({'training epochs' if x == 'epochs' else 'training seconds'})", ylabel=f"best {studies[0].objective} so far")
+        ax.set(xlabel=f"compute spent ({'training images seen' if x == 'images' else 'training seconds'})",
+               ylabel=f"best {studies[0].objective} so far")
     fig.tight_layout()
     return png(fig)
+
+
+def compare_curves(studies: list[Study], top: int = 3) -> str | None:
+    """The top complete trials of every study, validation accuracy and loss against training images
+    seen, on shared axes: one colour per study."""
+    import seaborn as sns
+
+    rows = []
+    for s in studies:
+        best = top_complete(s, top)
+        per_epoch = images_seen(s)
+        h = s.history[s.history.run_id.isin(best)].copy()
+        if h.empty:
+            continue
+        h["images"] = h.epoch * h.run_id.map(per_epoch)
+        h["study"], h["trial"] = s.name, h.run_id.map(best)
+        rows.append(h)
+    if len(rows) < 2:
+        return None
+    frame = pd.concat(rows, ignore_index=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
+        sns.lineplot(frame, x="images", y=metric, hue="study", units="trial", estimator=None, marker="o", ax=ax, alpha=0.8)
+        ax.set(xlabel="training images seen")
+    axes[0].set_title(f"top {top} complete trials of each study")
+    fig.tight_layout()
+    return png(fig)
+
+
+def top_complete(study: Study, top: int) -> dict[str, str]:
+    """run id -> label of the study's `top` best complete trials."""
+    best = ranked(study)
+    best = best[best.state == "COMPLETE"].head(top)
+    return {r.run_id: f"{study.name} {label(r)}" for _, r in best.iterrows()}

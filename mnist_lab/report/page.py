@@ -19,7 +19,7 @@ import pandas as pd
 
 from mnist_lab import tracking
 from mnist_lab.errors import MnistLabError
-from mnist_lab.report import analysis, figures, fits, seeds
+from mnist_lab.report import analysis, compare, figures, fits, seeds
 from mnist_lab.report.analysis import MIN_IMPORTANCE_TRIALS
 from mnist_lab.report.runs import Study, load_runs, load_study
 from mnist_lab.sweep.records import report_line
@@ -59,8 +59,10 @@ def linked(board: pd.DataFrame, study: Study, html: bool, ui_url: str) -> pd.Dat
 
 
 def build(studies: list[Study], out_dir: Path, ui_url: str | None = None) -> dict[str, Path]:
-    """Write index.html, report.md and runs.csv for `studies` (the first one names the report), its
-    links pointing into MLflow's UI at `ui_url` (default: where the store in use is served)."""
+    """Write index.html, report.md and runs.csv for one study (its whole report) or several (one
+    comparison page), the links pointing into MLflow's UI at `ui_url` (default: where the store in use is served)."""
+    if len(studies) > 1:
+        return build_comparison(studies, out_dir)
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,11 +94,33 @@ def build(studies: list[Study], out_dir: Path, ui_url: str | None = None) -> dic
             "confirm": conf_table, "confirm_tests": conf_tests, "confirm_verdicts": conf_verdicts,
         })
     env = Environment(loader=PackageLoader("mnist_lab.report"), autoescape=select_autoescape(["html"]))
-    context = {"title": " vs ".join(s.name for s in studies), "sections": sections, "compare": figures.compare_plot(studies),
-               "ui_url": ui_url}
+    context = {"title": " vs ".join(s.name for s in studies), "sections": sections, "ui_url": ui_url}
     paths = {"html": out_dir / "index.html", "md": out_dir / "report.md", "csv": out_dir / "runs.csv"}
     _write(paths["html"], env.get_template("report.html.j2").render(**context))
     _write(paths["md"], env.get_template("report.md.j2").render(**context))
+    _write_runs(studies, paths["csv"], all_fits)
+    return paths
+
+
+def build_comparison(studies: list[Study], out_dir: Path) -> dict[str, Path]:
+    """One page for several studies: each one's answer, a table with a column per study, their
+    best so far and their best trials' curves on shared axes, and why their scores may not compare."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = Environment(loader=PackageLoader("mnist_lab.report"), autoescape=select_autoescape(["html"]))
+    context = {"title": " vs ".join(s.name for s in studies), "answers": [(s.name, seeds.answer(s)) for s in studies],
+               "table": compare.side_by_side(studies), "warnings": compare.warnings(studies),
+               "best_so_far": figures.compare_plot(studies), "curves": figures.compare_curves(studies),
+               "own_reports": [(s.name, f"../{s.name}/index.html") for s in studies]}
+    paths = {"html": out_dir / "index.html", "md": out_dir / "report.md", "csv": out_dir / "runs.csv"}
+    _write(paths["html"], env.get_template("compare.html.j2").render(**context))
+    _write(paths["md"], env.get_template("compare.md.j2").render(**context))
+    _write_runs(studies, paths["csv"], {s.name: fits.fit_table(s) for s in studies})
+    return paths
+
+
+def _write_runs(studies: list[Study], path: Path, all_fits: dict[str, pd.DataFrame]) -> None:
     frames = []
     for s in studies:
         checks = all_fits[s.name]
@@ -105,9 +129,8 @@ def build(studies: list[Study], out_dir: Path, ui_url: str | None = None) -> dic
             frame = frame.merge(checks.drop(columns=["trial", "state"]), on="run_id", how="left")
         frames.append(frame)
     csv = pd.concat(frames, ignore_index=True)
-    csv.to_csv(paths["csv"].with_suffix(".tmp"), index=False)
-    paths["csv"].with_suffix(".tmp").replace(paths["csv"])
-    return paths
+    csv.to_csv(path.with_suffix(".tmp"), index=False)
+    path.with_suffix(".tmp").replace(path)
 
 
 def _write(path: Path, text: str) -> None:
@@ -138,6 +161,12 @@ def run(study_names: list[str] | None, run_ids: list[str] | None, out: str | Non
     except OSError as e:
         raise MnistLabError(f"--out {out or 'reports'}: cannot write the report there ({e.strerror or e}); "
                             "pass --out DIR somewhere you can write") from None
+    if len(studies) > 1:  # beside each study's own report, never over it
+        for s in studies:
+            if s.parent is not None:
+                for p in paths.values():
+                    client.log_artifact(s.parent.info.run_id, str(p), artifact_path=f"comparisons/{out_dir.name}")
+        return paths
     parent = studies[0].parent
     if parent is not None:
         for p in paths.values():
