@@ -177,15 +177,21 @@ def interrupted(setup: StudySetup, storage_url: str, parent_run_id: str, worker_
     settled = recovery.settle_interrupted(reload(setup, storage_url), make_storage(storage_url), worker_ids)
     # A confirmation seed cut short, or a trial run the retry above did not reach, ends KILLED too.
     records.end_interrupted(MlflowClient(), setup, parent_run_id, worker_ids)
-    which = f"trial {', '.join(map(str, settled))} runs again first; " if settled else ""
+    which = f"{runs_again(settled)}; " if settled else ""
     return Interrupted(f"stopped cleanly; {which}resume with: {tracking.resume_command()}")
+
+
+def runs_again(settled: list[tuple[int, int | None]]) -> str:
+    """Optuna numbers a retry anew: say under which number each configuration comes back."""
+    return "; ".join(f"trial {old}'s configuration runs again first" + (f", as trial {new}" if new is not None else "")
+                     for old, new in settled)
 
 
 def lost(setup: StudySetup, storage_url: str, parent_run_id: str, worker_ids: set[str], fault: str,
          error: BaseException) -> StoreLost:
     """A store went away mid-study: the running trial is queued again and the runs ended, as far as
     the stores still allow; one paragraph says what was lost and how to resume."""
-    settled: list[int] = []
+    settled: list[tuple[int, int | None]] = []
     with contextlib.suppress(Exception):
         settled = recovery.settle_interrupted(reload(setup, storage_url), make_storage(storage_url), worker_ids)
     with contextlib.suppress(Exception):
@@ -193,7 +199,7 @@ def lost(setup: StudySetup, storage_url: str, parent_run_id: str, worker_ids: se
     cause = fault_cause(error)
     where = {"the tracking server does not answer": f"MLFLOW_TRACKING_URI={tracking.redact(tracking.current_uri())}",
              "the database does not answer": f"--storage {tracking.redact(storage_url)}"}.get(fault, "the disk under mlruns/")
-    again = (f"trial {', '.join(map(str, settled))} runs again first" if settled
+    again = (runs_again(settled) if settled
              else "the trial that was running runs again first (the next start finds it)")
     return StoreLost(f"{fault} ({where}: {tracking.redact(cause)[:200]}); study {setup.name} stopped. Nothing finished is "
                      f"lost: finished trials stay in the stores, and {again}. Once it is back, resume with: "

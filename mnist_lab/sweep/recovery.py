@@ -109,7 +109,7 @@ def reap_dead_trials(study, storage) -> None:
 
 def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
     """After Ctrl-C: the trials `workers` were running are failed (if they did not stop in time),
-    queued again at the front, and their MLflow runs ended KILLED; returns their numbers."""
+    queued again at the front, and their MLflow runs ended KILLED; returns (number, number of its retry) pairs."""
     from optuna.trial import TrialState
 
     settled = []
@@ -121,5 +121,15 @@ def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
                  or unlocked(storage.get_trial, trial_id_of(storage, study.study_name, t.number)))
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
-            settled.append(t.number)
+            settled.append((t.number, retried_as(study, t.number)))
     return settled
+
+
+def retried_as(study, number: int) -> int | None:
+    """The number of the queued trial that retries trial `number` (Optuna gives a retry a new number)."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if (t.system_attrs.get("retry_history") or [None])[-1] == number:
+            return t.number
+    return None
