@@ -30,8 +30,10 @@ SPLIT_KEYS = ("data.validation_size", "data.seed")
 
 
 def confirm_run_name(label: str, seed: int) -> str:
-    """`confirm · trial 3 · seed 2`: a confirmation seed, by the sweep's confirmation or `mnist-lab confirm`."""
-    return f"confirm · {label} · seed {seed}"
+    """`trial 3 seed 2 · confirm`, `baseline seed 1 · confirm`, `champion v4 seed 1 · confirm`: a
+    confirmation seed (what it retrains first, as MLflow's run list cuts long names short)."""
+    short = f"champion v{label.split('version ')[1].rstrip(')')}" if label.startswith(CHAMPION) and "version " in label else label
+    return f"{short} seed {seed} · confirm"
 
 
 @dataclass

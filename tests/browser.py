@@ -166,7 +166,7 @@ def mlflow_runs_page(link: str, study: str, width: int = 1366, height: int = 768
             page.goto(link, wait_until="load")
             page.wait_for_selector(f"[role=row] >> text={study}", timeout=60_000)
             page.locator("[role=row]", has_text=study).first.locator("button").first.click()  # the + before its name
-            page.wait_for_selector(f"text={study}-trial-", timeout=30_000)
+            page.wait_for_selector(f"text=· {study}", timeout=30_000)
             if screenshot:
                 page.screenshot(path=str(screenshot))
             return page.inner_text("body")

@@ -159,7 +159,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
             continue
         run = runs[str(t.number)]
         assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
-        assert run.info.run_name == f"risky-optuna-trial-{t.number}-failed"  # told apart in MLflow's run list
+        assert run.info.run_name == f"trial {t.number} failed · risky-optuna"  # told apart in MLflow's run list, first thing
         assert run.data.tags["failure_reason"][:500] == t.user_attrs["fail_reason"]
         if t.params["model.conv_blocks.1.kernel_size"] == 15:
             assert "larger than the 12x12 feature map" in t.user_attrs["fail_reason"]
@@ -254,7 +254,13 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path, caps
     assert f"pruned at epoch {hopeless.last_step / 2000:.2f}" in capsys.readouterr().err
     run = MlflowClient().get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.data.tags["state"] == "PRUNED" and int(run.data.tags["pruned_at_images"]) < 2000
-    assert run.info.run_name == f"hopeless-optuna-trial-{hopeless.number}-pruned"
+    assert run.info.run_name == f"trial {hopeless.number} pruned · hopeless-optuna"
+    assert run.data.tags["mlflow.note.content"].startswith(
+        f"Trial {hopeless.number} of study hopeless-optuna, pruned at epoch {int(run.data.tags['pruned_at_images']) / 2000:.2f} (")
+    good_run = MlflowClient().get_run(good.user_attrs["mlflow_run_id"])
+    assert good_run.data.tags["mlflow.note.content"] == (
+        f"Trial {good.number} of study hopeless-optuna, complete: val_accuracy {good.value:.4f} after 2 epochs of 2,000 images "
+        f"({good_run.data.params['precision']}, {int(good_run.data.params['param_count']):,} parameters).")
     # the pruned trial keeps its partial curve: the interrupted epoch is logged; its config too,
     # but no plots and no model of a fraction of a run
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [1]

@@ -24,9 +24,9 @@ from mnist_lab.errors import ConfigError, StoreLost, store_fault
 from mnist_lab.sweep import recovery
 from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR
-from mnist_lab.sweep.records import StudySetup, record_impossible, trial_run_name, trial_tags
+from mnist_lab.sweep.records import StudySetup, describe_trial, record_impossible, trial_run_name, trial_tags
 from mnist_lab.sweep.space import EPOCH_METRICS, suggest_optuna
-from mnist_lab.train import TrainResult, train
+from mnist_lab.train import TrainResult, resolve_precision, train
 
 SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 
@@ -192,6 +192,7 @@ class Objective:
             if watcher.run_id:
                 client.set_tag(watcher.run_id, "state", "FAIL")
                 client.update_run(watcher.run_id, name=trial_run_name(study.name, trial.number, "failed"))
+                describe_trial(client, watcher.run_id, study.name, trial.number, f"failed: {str(e)[:300]}")
             raise
         for key, value in (("mlflow_run_id", result.run_id), ("epochs_run", result.epochs_run),
                            ("train_seconds", result.train_seconds), ("param_count", result.param_count)):
@@ -201,9 +202,16 @@ class Objective:
             client.set_tag(result.run_id, "pruned_at_images", str(watcher.pruned_at))
             client.set_tag(result.run_id, "pruned_at_epoch", f"{watcher.pruned_at / config.data.train_count():.2f}")
             client.update_run(result.run_id, name=trial_run_name(study.name, trial.number, "pruned"))
+            describe_trial(client, result.run_id, study.name, trial.number,
+                           f"pruned at epoch {watcher.pruned_at / config.data.train_count():.2f} ({watcher.pruned_at:,} training images): "
+                           f"its {self.report_metric or 'score'} there was not among the best of the trials at that point of "
+                           f"its {config.train.lr_schedule} schedule")
             raise optuna.TrialPruned(f"pruned after {watcher.pruned_at:,} training images")
         scores = [objective_value(result, metric) for metric in self.metrics]
         client.set_tag(result.run_id, "state", "COMPLETE")
+        describe_trial(client, result.run_id, study.name, trial.number,
+                       f"complete: {', '.join(f'{m} {v:.4f}' for m, v in zip(self.metrics, scores))} after {result.epochs_run} "
+                       f"epochs of {config.data.train_count():,} images ({resolve_precision(config).precision}, {result.param_count:,} parameters)")
         if "latency_ms" in self.metrics:
             client.log_metric(result.run_id, "latency_ms", scores[self.metrics.index("latency_ms")])
         return scores[0] if len(scores) == 1 else scores

@@ -35,9 +35,14 @@ class StudySetup:
 
 
 def trial_run_name(study_name: str, number: int, outcome: str = "") -> str:
-    """`<study>-trial-N`, with `-pruned` or `-failed` once that is its outcome: MLflow's run list
-    has no such statuses, so the name tells them apart at a glance."""
-    return f"{study_name}-trial-{number}" + (f"-{outcome}" if outcome else "")
+    """`trial N · <study>`, `trial N pruned · <study>` or `trial N failed · <study>`: MLflow's run list
+    has no such statuses, and cuts long names short, so what tells runs apart comes first."""
+    return f"trial {number}" + (f" {outcome}" if outcome else "") + f" · {study_name}"
+
+
+def describe_trial(client, run_id: str, study_name: str, number: int, outcome: str) -> None:
+    """The trial's description in MLflow's UI: which study, and how it ended."""
+    client.set_tag(run_id, tracking.DESCRIPTION_TAG, f"Trial {number} of study {study_name}, {outcome}.")
 
 
 def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
