@@ -177,7 +177,7 @@ def main() -> None:
     import_tensorflow()
     from mnist_lab.predict import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model).keras
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)

@@ -69,18 +69,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ImageError as e:
             errors[path] = str(e)
             print(f"mnist-lab predict: error: {e}", file=sys.stderr)
-    results = predict(load_model(args.model), images, args.top) if images else []
+    model = load_model(args.model) if images else None
+    results = predict(model, images, args.top) if images else []
+    checked = any(r.digit_shape is not None for r in results)
     if args.json:
         out = [
-            {"file": r.file, "digit": r.digit, "probability": r.probability, "top": [{"digit": d, "probability": p} for d, p in r.top]}
+            {"file": r.file, "digit": r.digit, "probability": r.probability, "model": model.name, "digit_shape": r.digit_shape,
+             "warnings": r.warnings, "top": [{"digit": d, "probability": p} for d, p in r.top]}
             for r in results
         ] + [{"file": f, "error": e} for f, e in errors.items()]
         print(json.dumps(out, indent=2))
     else:
+        if model is not None:
+            print(f"model: {model.name}" + ("" if checked else " (shapes not checked, probabilities not calibrated: "
+                                                              "set MNIST_LAB_DATA to the MNIST folder)"))
         for r in results:
-            ranked = ", ".join(f"{d} ({p:.1%})" for d, p in r.top)
-            print(f"{r.file}: {ranked}")
+            ranked = ", ".join(f"{d} ({percent(p)})" for d, p in r.top)
+            print(f"{r.file}: {ranked}" + (f"  [{'; '.join(r.warnings)}]" if r.warnings else ""))
     return 1 if errors else 0
+
+
+def percent(p: float) -> str:
+    """A probability as people read it: never "100.0%" (no network is certain), never "0.0%"."""
+    return ">99.9%" if p > 0.999 else "<0.1%" if p < 0.001 else f"{p:.1%}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

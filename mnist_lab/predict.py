@@ -19,9 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_lab import tracking
+from mnist_lab import confidence, data, tracking
 from mnist_lab.config import IMAGE_SIZE
-
 from mnist_lab.errors import MnistLabError, missing
 
 DIGIT_BOX = 20  # px: MNIST scaled each digit's longest side to 20 and padded to 28
@@ -51,8 +50,21 @@ def _too_large(path: Path, width: int = 0, height: int = 0, pixels: int = 0) -> 
 class Prediction:
     file: str
     digit: int
-    probability: float
+    probability: float  # calibrated (temperature-scaled) where the MNIST files were at hand
     top: list[tuple[int, float]]
+    digit_shape: bool | None = None  # False: the picture has a shape no MNIST digit has; None: not checked
+    low_confidence: bool = False
+
+    @property
+    def warnings(self) -> list[str]:
+        return (["not a digit?"] if self.digit_shape is False else []) + (["low confidence"] if self.low_confidence else [])
+
+
+@dataclass
+class Model:
+    keras: object
+    name: str  # what answered, as people name it: "mnist-cnn@champion (version 3: trial 7 of study sweep)"
+    data: object | None = None  # the DataConfig it was trained with, where its run is known
 
 
 def to_mnist(path: str | Path) -> np.ndarray:
@@ -228,7 +240,7 @@ def default_model_uri(experiment_id: str) -> str:
     )
 
 
-def load_model(uri: str | None):
+def load_model(uri: str | None) -> Model:
     import keras
     import mlflow.keras
     from mlflow.exceptions import MlflowException
@@ -237,25 +249,75 @@ def load_model(uri: str | None):
         if not Path(uri).is_file():
             raise MnistLabError(f"--model {uri}: no such file")
         try:
-            return keras.saving.load_model(uri)
+            return Model(keras.saving.load_model(uri), f"the file {uri}")
         except Exception as e:  # Keras raises ValueError, OSError, zipfile errors...
             raise MnistLabError(f"--model {uri}: not a loadable Keras model ({type(e).__name__})") from None
     experiment_id = tracking.setup()
     uri = uri or default_model_uri(experiment_id)
     try:
-        return mlflow.keras.load_model(uri)
+        loaded = mlflow.keras.load_model(uri)
     except (MlflowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistLabError(f"--model {uri}: cannot be loaded ({first}); use runs:/RUN_ID/model, models:/NAME@ALIAS or a .keras file") from None
+    name, run_id = describe(uri)
+    return Model(loaded, name, run_data_config(run_id))
 
 
-def predict(model, images: dict[str, np.ndarray], top: int = 1) -> list[Prediction]:
-    """images: file name -> (28, 28) array from to_mnist."""
+def describe(uri: str) -> tuple[str, str | None]:
+    """A model URI as people name it, and the run it came from (None where that cannot be told)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/").split("/")[0]
+        elif uri.startswith("models:/") and "@" in uri:
+            name, alias = uri.removeprefix("models:/").split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+            run_id = version.run_id
+            where = f"trial {version.tags['trial']} of study {version.tags['study']}" if "study" in version.tags else f"run {run_id}"
+            return f"{name}@{alias} (version {version.version}: {where})", run_id
+        elif uri.startswith("models:/m-"):
+            run_id = client.get_logged_model(uri.removeprefix("models:/").split("/")[0]).source_run_id
+        else:
+            return uri, None
+        return f"{uri} (run {client.get_run(run_id).info.run_name})", run_id
+    except (MlflowException, KeyError, ValueError):
+        return uri, None
+
+
+def run_data_config(run_id: str | None):
+    """The data settings the run trained with (its config.yaml), so calibration uses its validation images."""
+    if not run_id:
+        return None
+    import mlflow
+    import yaml
+
+    from mnist_lab.config import Config
+
+    try:
+        return Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))).data
+    except Exception:  # no config.yaml (a model logged by hand): the default split calibrates it
+        return None
+
+
+def predict(model: Model, images: dict[str, np.ndarray], top: int = 1, check: bool = True) -> list[Prediction]:
+    """images: file name -> (28, 28) array from to_mnist. With `check` (and the MNIST files at hand),
+    probabilities are calibrated and each answer says whether the picture has a digit's shape."""
     if not images:
         return []
-    probs = model.predict(np.stack(list(images.values()))[..., None], verbose=0)
+    stacked = np.stack(list(images.values()))
+    probs = np.asarray(model.keras.predict(stacked[..., None], verbose=0), dtype=np.float64)
+    shape_ok: list[bool | None] = [None] * len(images)
+    folder = data.data_dir(None)
+    if check and folder is not None:
+        shape = confidence.digit_shape(folder)
+        shape_ok = list(shape.error(stacked) <= shape.threshold)
+        probs = confidence.calibrate(probs, confidence.temperature_for(model.keras, model.data, folder))
     out = []
-    for name, p in zip(images, probs):
+    for name, p, ok in zip(images, probs, shape_ok):
         order = np.argsort(-p)[:top]
-        out.append(Prediction(name, int(order[0]), float(p[order[0]]), [(int(d), float(p[d])) for d in order]))
+        out.append(Prediction(name, int(order[0]), float(p[order[0]]), [(int(d), float(p[d])) for d in order],
+                              digit_shape=None if ok is None else bool(ok), low_confidence=bool(p[order[0]] < confidence.LOW_CONFIDENCE)))
     return out

@@ -116,7 +116,9 @@ def test_bad_files_are_reported_and_the_rest_still_predicted(test_digits, tmp_pa
     files = [str(good), *(str(tmp_path / n) for n in ("empty.png", "notes.png", "blank.png", "truncated.png", "missing.png"))]
     assert main(["predict", *files, "--model", str(model_file)]) == 1
     out, err = capsys.readouterr()
-    assert re.fullmatch(rf"{re.escape(str(good))}: 7 \(\d+\.\d%\)", out.strip()), out
+    said = out.strip().splitlines()
+    assert said[0] == f"model: the file {model_file}"  # what answered, named
+    assert len(said) == 2 and re.fullmatch(rf"{re.escape(str(good))}: 7 \((\d+\.\d%|>99\.9%)\)", said[1]), out
     lines = err.strip().splitlines()
     assert len(lines) == 5 and "Traceback" not in err
     for name, what in [("empty.png", "empty"), ("notes.png", "cannot be read"), ("blank.png", "no digit"),
@@ -149,8 +151,9 @@ def test_huge_images_are_shrunk_in_bounded_memory_absurd_ones_refused_the_rest_p
     bomb = png_header_only(tmp_path / "bomb.png", 20_000, 20_000)
     assert main(["predict", str(bomb), str(huge), str(good), "--model", str(model_file)]) == 1
     out, err = capsys.readouterr()
-    assert [line.split(":")[0] for line in out.strip().splitlines()] == [str(huge), str(good)]
-    assert all(line.split(": ")[1].startswith("7 ") for line in out.strip().splitlines())
+    answers = out.strip().splitlines()[1:]  # after the line naming the model
+    assert [line.split(":")[0] for line in answers] == [str(huge), str(good)]
+    assert all(line.split(": ")[1].startswith("7 ") for line in answers)
     assert err.strip() == (f"mnist-lab predict: error: {bomb}: 400,000,000 pixels is beyond the 150,000,000-pixel limit "
                            "for a digit image; scale it down or crop it")
     # Memory: one byte per pixel of the file's gray image at most, not the 1.96 GB float copies took.
@@ -176,7 +179,8 @@ def test_default_model_is_the_champion_else_the_newest_run(store, test_digits, c
     assert default_model_uri(experiment_id) == "models:/mnist-cnn@champion"
     capsys.readouterr()
     assert main(["predict", str(digit)]) == 0
-    assert capsys.readouterr().out.startswith(f"{digit}: 7")
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"model: mnist-cnn@champion (version {version.version}: run {first.run_id})" and said[1].startswith(f"{digit}: 7")
 
 
 def test_bad_model_uri_is_one_line(store, test_digits, capsys):
@@ -197,3 +201,44 @@ def test_sixteen_bit_grey_images_are_scaled_not_clipped(test_digits, tmp_path):
     for suffix in (".png", ".tif"):
         wide.save(tmp_path / f"seven16{suffix}")
         assert np.abs(to_mnist(tmp_path / f"seven16{suffix}") - eight_bit).max() < 0.02, suffix
+
+
+def test_non_digits_are_flagged_and_digits_are_not(test_digits, tmp_path, model_file, capsys):
+    """The issue's solid square read "0 (98.4%)" and a square outline "0 (95.8%)": both now say they are
+    not digit-shaped, in text and JSON; the first 16 MNIST test digits, drawn large on paper, pass."""
+    from PIL import ImageDraw
+
+    def drawn(name, draw):
+        image = Image.new("L", (200, 200), 255)
+        draw(ImageDraw.Draw(image))
+        image.save(tmp_path / name)
+        return str(tmp_path / name)
+
+    shapes = [drawn("square.png", lambda d: d.rectangle([50, 50, 150, 150], fill=0)),
+              drawn("outline.png", lambda d: d.rectangle([50, 50, 150, 150], outline=0, width=12)),
+              drawn("cross.png", lambda d: (d.line([(50, 50), (150, 150)], fill=0, width=14), d.line([(150, 50), (50, 150)], fill=0, width=14)))]
+    digits = [str(save_png(255 - np.kron(image, np.ones((6, 6))), tmp_path / f"digit{i}.png")) for i, image in enumerate(test_digits[0])]
+    assert main(["predict", *shapes, *digits, "--model", str(model_file), "--json"]) == 0
+    results = {r["file"]: r for r in json.loads(capsys.readouterr().out)}
+    assert all(r["model"] == f"the file {model_file}" for r in results.values())
+    assert [results[f]["digit_shape"] for f in shapes] == [False] * 3
+    assert all("not a digit?" in results[f]["warnings"] for f in shapes)
+    assert [results[f]["digit_shape"] for f in digits] == [True] * len(digits)
+    assert main(["predict", shapes[0], "--model", str(model_file)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith(f"{shapes[0]}: ") and line.endswith("]") and "[not a digit?" in line, line
+
+
+def test_temperature_scaling_recovers_a_known_overconfidence():
+    """Probabilities made 3 times too sharp (logits x 3) over labels drawn from the true ones: the fitted
+    temperature is 3, and the calibrated probabilities are the true ones."""
+    from mnist_lab import confidence
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, size=(20_000, 10))
+    true = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(10, p=p) for p in true])
+    sharp = np.exp(3 * logits) / np.exp(3 * logits).sum(axis=1, keepdims=True)
+    t = confidence.fit_temperature(sharp, labels)
+    assert t == pytest.approx(3.0, rel=0.05)
+    assert np.abs(confidence.calibrate(sharp, t) - true).max() < 0.05

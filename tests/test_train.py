@@ -73,7 +73,8 @@ def test_evaluate_test_and_save_then_predict(store, test_digits, tmp_path):
         [str(REPO / ".venv/bin/mnist-lab"), "predict", *files, "--model", str(saved)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    predicted = [int(line.split(": ")[1].split()[0]) for line in out.stdout.splitlines()]
+    assert out.stdout.splitlines()[0] == f"model: the file {saved}"
+    predicted = [int(line.split(": ")[1].split()[0]) for line in out.stdout.splitlines()[1:]]
     assert predicted == [7, 2, 1, 0]
 
 
