@@ -115,7 +115,7 @@ def to_mnist(path: str | Path) -> np.ndarray:
     return field
 
 
-def mnist_style(gray: np.ndarray) -> np.ndarray | None:
+def mnist_style(gray: np.ndarray, lighting: bool = True, strokes: bool = True) -> np.ndarray | None:
     """A grayscale picture of one digit (any size, either polarity) -> (28, 28) white ink on black
     in [0, 1], made like MNIST's digits; None if there is no ink at all.
 
@@ -123,11 +123,12 @@ def mnist_style(gray: np.ndarray) -> np.ndarray | None:
     first: paper lit unevenly (its brightness is estimated over a large window and subtracted),
     dust and specks (connected bits of ink far smaller than the digit's largest stroke are
     dropped before cropping), and pens much thinner or thicker than MNIST's (strokes are grown
-    or thinned to MNIST's width once the digit has its 20-pixel size)."""
+    or thinned to MNIST's width once the digit has its 20-pixel size). `lighting` and `strokes`
+    switch those two steps off (benchmarks/other_writers.py measures what each is worth)."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 127:  # light paper, dark ink: MNIST is the other way round
         gray = 255 - gray
-    ink = np.clip(gray - paper_level(gray), 0, None)
+    ink = np.clip(gray - (paper_level(gray) if lighting else np.median(gray)), 0, None)
     if ink.max() <= 0:
         return None
     ink /= ink.max()
@@ -139,7 +140,7 @@ def mnist_style(gray: np.ndarray) -> np.ndarray | None:
     # Ink outside the kept strokes (specks) goes; the strokes' soft edges stay.
     ink = ink * ndimage.binary_dilation(mask, iterations=2)
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    box = normalise_strokes(ink)
+    box = normalise_strokes(ink, strokes)
 
     # Centre of mass to the middle of the 28x28 field, as MNIST did; clamp so no ink is cut off.
     cy, cx = ndimage.center_of_mass(box)
@@ -202,12 +203,12 @@ def fine_view(ink: np.ndarray) -> tuple[np.ndarray, float]:
     return work, stroke_width(work > 0.5) / 4
 
 
-def normalise_strokes(ink: np.ndarray) -> np.ndarray:
+def normalise_strokes(ink: np.ndarray, strokes: bool = True) -> np.ndarray:
     """Cropped ink -> its 20-pixel box (longest side), strokes grown or thinned into MNIST's range."""
     h, w = ink.shape
     work, width = fine_view(ink)
     low, high = MNIST_STROKE
-    if width < low or width > high:
+    if strokes and (width < low or width > high):
         radius = int(round(abs((low if width < low else high) - width) * 4 / 2))
         if radius:
             y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
