@@ -78,7 +78,18 @@ def run_config(run_id: str) -> Config:
 def contender(client, run, label: str, rank: int) -> Contender:
     config = run_config(run.info.run_id)
     split = (run.data.tags.get("data_digest"), *(run.data.params.get(k) for k in SPLIT_KEYS))
-    return Contender(label, rank, run.info.run_id, config, split, {config.train.seed: run.data.metrics["val_accuracy"]})
+    scores = {config.train.seed: run.data.metrics["val_accuracy"]} if made_here(run, config) else {}
+    return Contender(label, rank, run.info.run_id, config, split, scores)
+
+
+def made_here(run, config: Config) -> bool:
+    """Was this score made in the precision and on the CPU this machine trains `config` in? bfloat16
+    and float32, or two CPUs, score a configuration a little differently: a champion crowned on
+    another machine is retrained here, seed for seed, before it is compared."""
+    from mnist_lab.provenance import cpu_model
+    from mnist_lab.train import resolve_precision
+
+    return (run.data.params.get("precision"), run.data.tags.get("cpu_model")) == (resolve_precision(config).precision, cpu_model())
 
 
 def baseline_contender(config: Config, source_run_id: str, rank: int, data_dir: str | None) -> Contender:
@@ -96,7 +107,7 @@ def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender
     ids = {c.source_run_id: c for c in contenders}
     for run in client.search_runs([experiment_id], "tags.`mnist_lab.kind` = 'confirm' and attributes.status = 'FINISHED'"):
         c = ids.get(run.data.tags.get("source_run_id"))
-        if c is not None and "val_accuracy" in run.data.metrics:
+        if c is not None and "val_accuracy" in run.data.metrics and made_here(run, c.config):
             c.scores.setdefault(int(run.data.tags["seed"]), run.data.metrics["val_accuracy"])
 
 

@@ -121,3 +121,27 @@ def test_nothing_is_crowned_under_the_floor_or_without_an_incumbent():
     promoted, _, p = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [contender("baseline", [0.9900, 0.9896, 0.9905])],
                            floor=0.9)
     assert promoted and p["baseline"] < 0.05
+
+
+def test_a_score_counts_as_a_seed_only_where_it_was_made_in_this_precision_and_cpu(store):
+    """The champion gate compares like with like: a run trained in another precision or on another CPU
+    (a champion crowned on another machine) is no seed here; its configuration is retrained here."""
+    from mlflow import MlflowClient
+
+    from mnist_lab import tracking
+    from mnist_lab.champion import add_confirmation_runs, contender, made_here
+    from mnist_lab.config import load_config
+    from mnist_lab.train import train
+
+    experiment_id = tracking.setup()
+    client = MlflowClient()
+    result = train(load_config(None, ["data.train_size=500", "data.validation_size=200", "train.epochs=1",
+                                      "model.conv_blocks=[{filters: 4}]", "model.dense=[16]"]), log_model=False)
+    run = client.get_run(result.run_id)
+    here = contender(client, run, "trial 1", 1)
+    assert made_here(run, here.config) and here.scores == {0: run.data.metrics["val_accuracy"]}
+    client.set_tag(result.run_id, "cpu_model", "another CPU")
+    elsewhere = contender(client, client.get_run(result.run_id), "current champion (version 1)", 2)
+    assert elsewhere.scores == {}  # retrained from seed 0 here before it is compared
+    add_confirmation_runs(client, experiment_id, [elsewhere])
+    assert elsewhere.scores == {}
