@@ -120,6 +120,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
                 raise kt.errors.FailedTrialError(str(e)) from None
             client.set_tag(result.run_id, "state", "COMPLETE")
             value = objective_value(result, objective.metric)
+            records.describe_trial(client, result.run_id, study_name, number, records.completed({objective.metric: value}, result, config))
             print(f"trial {number:>3} COMPLETE {objective.metric} {value:.4f} ({result.train_seconds:.0f} s) "
                   + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in values.items()), flush=True)
             return {objective.metric: value}

@@ -24,9 +24,9 @@ from mnist_lab.errors import ConfigError, StoreLost, store_fault
 from mnist_lab.sweep import recovery
 from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR
-from mnist_lab.sweep.records import StudySetup, describe_trial, record_impossible, trial_run_name, trial_tags
+from mnist_lab.sweep.records import StudySetup, completed, describe_trial, record_impossible, trial_run_name, trial_tags
 from mnist_lab.sweep.space import EPOCH_METRICS, suggest_optuna
-from mnist_lab.train import TrainResult, resolve_precision, train
+from mnist_lab.train import TrainResult, train
 
 SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 
@@ -209,9 +209,7 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after {watcher.pruned_at:,} training images")
         scores = [objective_value(result, metric) for metric in self.metrics]
         client.set_tag(result.run_id, "state", "COMPLETE")
-        describe_trial(client, result.run_id, study.name, trial.number,
-                       f"complete: {', '.join(f'{m} {v:.4f}' for m, v in zip(self.metrics, scores))} after {result.epochs_run} "
-                       f"epochs of {config.data.train_count():,} images ({resolve_precision(config).precision}, {result.param_count:,} parameters)")
+        describe_trial(client, result.run_id, study.name, trial.number, completed(dict(zip(self.metrics, scores)), result, config))
         if "latency_ms" in self.metrics:
             client.log_metric(result.run_id, "latency_ms", scores[self.metrics.index("latency_ms")])
         return scores[0] if len(scores) == 1 else scores

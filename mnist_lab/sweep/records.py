@@ -45,6 +45,14 @@ def describe_trial(client, run_id: str, study_name: str, number: int, outcome: s
     client.set_tag(run_id, tracking.DESCRIPTION_TAG, f"Trial {number} of study {study_name}, {outcome}.")
 
 
+def completed(scores: dict[str, float], result, config) -> str:
+    """How a complete trial ended, for its description: its scores, epochs, images, precision and size."""
+    from mnist_lab.train import resolve_precision
+
+    return (f"complete: {', '.join(f'{m} {v:.4f}' for m, v in scores.items())} after {result.epochs_run} epochs of "
+            f"{config.data.train_count():,} images ({resolve_precision(config).precision}, {result.param_count:,} parameters)")
+
+
 def trial_tags(study_name: str, number: int, engine: str) -> dict[str, str]:
     return {"mnist_lab.kind": "trial", "study": study_name, "trial_number": str(number), "engine": engine,
             "state": "RUNNING", "worker": tracking.worker_id()}

@@ -50,7 +50,8 @@ def retry(study, trial, max_retry: int | None, reason: str) -> None:
 
     clean = copy.deepcopy(trial)
     clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED_ATTRS}
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
+    # Two workers stopping at once both write: SQLite may say "database is locked" for a moment.
+    unlocked(RetryHeartbeatStaleTrialCallback(max_retry=max_retry), study, clean)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         end_killed(MlflowClient(), run_id, reason)
