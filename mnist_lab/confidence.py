@@ -26,7 +26,7 @@ from mnist_lab import data
 from mnist_lab.config import DataConfig
 
 COMPONENTS = 40  # principal components of MNIST's digits the shape check projects on
-SHAPE_QUANTILE = 0.995  # share of held-out training digits that pass: 0.5% of real digits are flagged
+SHAPE_QUANTILE = 0.995  # 99.5% of held-out training digits pass: about 0.5% of real digits are flagged
 FIT_IMAGES = 20_000  # training images the components are fitted on; the next 10,000 set the threshold
 LOW_CONFIDENCE = 0.5  # calibrated probability under which an answer is flagged
 CALIBRATION_IMAGES = 5_000
