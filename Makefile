@@ -14,7 +14,7 @@ SEEDS ?= 3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep report confirm test test-all bench ui dashboard clean
+.PHONY: help setup train sweep report confirm test test-random test-all bench ui dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,10 +48,13 @@ confirm: setup ## retrain the TOP configurations of STUDY to SEEDS seeds each (v
 	$(BIN)/mnist-lab confirm $(if $(STUDY),--study $(STUDY)) --top $(TOP) --seeds $(SEEDS) $(ARGS)
 
 test: setup ## the test suite without the slow tests (and the import contracts), on 2 pytest workers
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup -p no:randomly $(ARGS)
+
+test-random: setup ## the same suite in a random order (pytest-randomly prints its seed; ARGS=--randomly-seed=N repeats an order)
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadgroup $(ARGS)
 
 test-all: setup ## every test, the slow ones too
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -p no:randomly $(ARGS)
 
 bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~55 min; nothing else running)
 	$(BIN)/python benchmarks/bench.py $(ARGS)

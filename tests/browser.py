@@ -79,7 +79,11 @@ def toc_in_sandbox(path: Path, anchor: str, width: int = 1366, height: int = 768
             section = frame.locator(f"#{anchor}")
             before = section.evaluate("e => e.getBoundingClientRect().top")
             frame.locator(f"nav a[href='#{anchor}']").click()
-            page.wait_for_timeout(500)
+            # Waits for the scroll to land (up to 5 s), not a fixed time: a slow machine is not a failure.
+            with contextlib.suppress(Exception):
+                section.evaluate("e => new Promise(r => { const t0 = Date.now(); (function f() {"
+                                 " if (Math.abs(e.getBoundingClientRect().top) < 2 || Date.now() - t0 > 5000) r();"
+                                 " else requestAnimationFrame(f); })(); })")
             return {"before": before, "top": section.evaluate("e => e.getBoundingClientRect().top"),
                     "view": height - 40, "errors": errors}
         finally:
@@ -122,56 +126,49 @@ def serve(command: list[str], ready_url: str, timeout: float = 120, env: dict | 
         proc.wait()
 
 
-def shown_after(path: Path, selector: str, within_ms: int = 8000) -> bool:
-    """Does an element matching `selector` become visible within `within_ms` of the page loading?"""
-    from playwright.sync_api import TimeoutError, sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.goto(Path(path).resolve().as_uri(), wait_until="load")
-            try:
-                page.wait_for_selector(selector, state="visible", timeout=within_ms)
-                return True
-            except TimeoutError:
-                return False
-        finally:
-            browser.close()
-
-
-def mlflow_page_text(link: str, wait_for: str, width: int = 1366, height: int = 768) -> str:
-    """The text of MLflow's UI at `link`, once `wait_for` shows."""
+@contextlib.contextmanager
+def opened(url: str, width: int = 1366, height: int = 768):
+    """A page of headless Chromium at `url`, loaded; the browser closes when the block ends."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(link, wait_until="load")
-            page.wait_for_selector(f"text={wait_for}", timeout=60_000)
-            return page.inner_text("body")
+            page.goto(url, wait_until="load")
+            yield page
         finally:
             browser.close()
+
+
+def shown_after(path: Path, selector: str, within_ms: int = 8000) -> bool:
+    """Does an element matching `selector` become visible within `within_ms` of the page loading?"""
+    from playwright.sync_api import TimeoutError
+
+    with opened(Path(path).resolve().as_uri()) as page:
+        try:
+            page.wait_for_selector(selector, state="visible", timeout=within_ms)
+            return True
+        except TimeoutError:
+            return False
+
+
+def mlflow_page_text(link: str, wait_for: str) -> str:
+    """The text of MLflow's UI at `link`, once `wait_for` shows."""
+    with opened(link) as page:
+        page.wait_for_selector(f"text={wait_for}", timeout=60_000)
+        return page.inner_text("body")
 
 
 def mlflow_runs_page(link: str, study: str, width: int = 1366, height: int = 768, screenshot: Path | None = None) -> str:
     """Open MLflow's UI at `link`, wait for the study's run, expand it; the page's text."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(link, wait_until="load")
-            page.wait_for_selector(f"[role=row] >> text={study}", timeout=60_000)
-            page.locator("[role=row]", has_text=study).first.locator("button").first.click()  # the + before its name
-            page.wait_for_selector(f"text=· {study}", timeout=30_000)
-            if screenshot:
-                page.screenshot(path=str(screenshot))
-            return page.inner_text("body")
-        finally:
-            browser.close()
+    with opened(link, width, height) as page:
+        page.wait_for_selector(f"[role=row] >> text={study}", timeout=60_000)
+        page.locator("[role=row]", has_text=study).first.locator("button").first.click()  # the + before its name
+        page.wait_for_selector(f"text=· {study}", timeout=30_000)
+        if screenshot:
+            page.screenshot(path=str(screenshot))
+        return page.inner_text("body")
 
 
 if __name__ == "__main__":

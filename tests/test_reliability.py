@@ -24,16 +24,22 @@ ENV = {"MNIST_LAB_HEARTBEAT_SECONDS": "1", "MNIST_LAB_GRACE_SECONDS": "60", "CI"
 
 
 def poll(what, timeout=180, every=0.05):
-    """Call `what` until it returns something truthy (reads may race the sweep's writes)."""
-    deadline = time.time() + timeout
+    """Call `what` until it returns something truthy (reads may race the sweep's writes). The errors
+    a read may meet while the stores are being made are waited out; any other is a broken predicate,
+    raised at once, and a timeout says which error it last met."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    deadline, last = time.time() + timeout, None
     while time.time() < deadline:
         try:
             found = what()
-        except Exception:  # the study or the run does not exist yet, or sqlite is busy a moment
-            found = None
+        except (KeyError, OSError, MlflowException, SQLAlchemyError, optuna.exceptions.OptunaError) as e:  # no study or run yet, sqlite busy
+            found, last = None, e
         if found:
             return found
         time.sleep(every)
+    print(f"poll: timed out after {timeout} s; last error met: {last!r}", file=sys.stderr)
     return None
 
 
@@ -60,57 +66,61 @@ def artifacts_of(store, run_id):
 
 def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     store = bare_store
-    killed_at = []
-    global T0
-    T0 = time.time()
+    mlruns = store / "mlruns"
+    cut: list[int] = []  # the trials each kill left RUNNING: exactly these may be lost
 
-    # 1. During start-up: TensorFlow loading, the parent run being created.
+    def running_now() -> list[int]:
+        return [t.number for t in trials(store) if t.state == RUNNING] if (mlruns / "optuna.db").exists() else []
+
+    # 1. While the stores are created: MLflow's database is being built under its temporary name.
     proc = start()
-    assert poll(lambda: (store / "mlruns" / "mlflow.db").exists(), 60)
-    time.sleep(1)
+    assert poll(lambda: list(mlruns.glob(".mlflow.db.*.tmp")), 60, every=0.01)
     kill(proc)
-    killed_at.append("start-up")
-    print("start-up", round(time.time() - T0))
+    assert not (mlruns / "mlflow.db").exists()  # it landed there: the database was not yet in place
 
     # 2. During an epoch: a trial has reported a validation score from inside its first epoch.
     proc = start()
     assert poll(lambda: any(t.state == RUNNING and t.intermediate_values for t in trials(store)))
     kill(proc)
-    killed_at.append("epoch")
-    print("epoch", round(time.time() - T0))
+    landed = [t for t in trials(store) if t.state == RUNNING]
+    assert len(landed) == 1 and landed[0].intermediate_values  # inside a trial's training
+    cut += [t.number for t in landed]
+    with_runs = list(cut)
 
     # 3. While artifacts are written: the running trial's plots are on disk, its run not yet ended.
     proc = start()
 
     def writing():
         running = [t for t in trials(store) if t.state == RUNNING and "mlflow_run_id" in t.user_attrs]
-        return any(artifacts_of(store, t.user_attrs["mlflow_run_id"]) for t in running)
+        return [t for t in running if artifacts_of(store, t.user_attrs["mlflow_run_id"])]
 
     assert poll(writing)
     kill(proc)
-    killed_at.append("artifacts")
-    print("artifacts", round(time.time() - T0))
+    landed = writing()
+    tracking.setup()
+    assert len(landed) == 1 and MlflowClient().get_run(landed[0].user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+    cut += running_now()
+    with_runs.append(landed[0].number)
 
     # 4. Between trials: the moment a trial has completed.
     proc = start()
     done = len([t for t in trials(store) if t.state == COMPLETE])
     assert poll(lambda: len([t for t in trials(store) if t.state == COMPLETE]) > done)
     kill(proc)
-    killed_at.append("between trials")
-    print("between trials", round(time.time() - T0))
+    assert len([t for t in trials(store) if t.state == COMPLETE]) > done
+    cut += running_now()  # the next trial, if it had started
 
     # 5. During the confirmation stage: a confirmation seed is training.
     proc = start()
     assert poll(lambda: runs_of("smoke-optuna", "confirm") and any(
         r.info.status == "RUNNING" for r in runs_of("smoke-optuna", "confirm")), 300), proc.communicate(timeout=60)
     kill(proc)
-    killed_at.append("confirmation")
-    print("confirmation", round(time.time() - T0))
+    seed_cut = [r.info.run_id for r in runs_of("smoke-optuna", "confirm") if r.info.status == "RUNNING"]
+    assert len(seed_cut) == 1 and not running_now()  # the search was over: no trial was cut
 
     # Then the same command, to the end.
     out = subprocess.run(sweep_cmd("--n-trials", "3"), env=os.environ | ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert len(killed_at) == 5
 
     study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
     tracking.setup()
@@ -118,7 +128,8 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     assert len(finished(study)) == 3  # exactly the requested number
     assert not [t for t in study.trials if t.state == RUNNING]
     lost = [t for t in study.trials if t.state == FAIL]
-    assert len(lost) >= 2 and all("fail_reason" not in t.user_attrs for t in lost)  # kills are not the space's failures
+    assert sorted(t.number for t in lost) == sorted(cut) and len(cut) >= 2  # exactly the trials the kills cut
+    assert all("fail_reason" not in t.user_attrs for t in lost)  # kills are not the space's failures
     trial_runs = runs_of("smoke-optuna")
     finished_runs = Counter(r.data.tags["trial_number"] for r in trial_runs if r.info.status == "FINISHED")
     for t in finished(study):
@@ -129,9 +140,11 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
         assert names == {"learning_curves.png", "confusion_matrix.png", "misclassified.png"}, names
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "environment", "plots"}
         assert client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
-    for t in lost:  # each killed trial's run, if it got one, ended KILLED
+    for t in lost:  # each killed trial's run ended KILLED (kills 2 and 3 landed after their runs began)
+        assert "mlflow_run_id" in t.user_attrs or t.number not in with_runs, t.number
         if "mlflow_run_id" in t.user_attrs:
-            assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+            assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED", t.number
+    assert client.get_run(seed_cut[0]).info.status == "KILLED"  # and the confirmation seed cut short
     every_run = client.search_runs([tracking.setup()], "", max_results=1000)
     assert not [r for r in every_run if r.info.status == "RUNNING"]
     parents = runs_of("smoke-optuna", "study")
@@ -258,15 +271,15 @@ def test_bad_input_is_refused_before_tensorflow_loads(store):
     for argv in (["train", BASELINE, "data.seed=-1"], ["sweep", SMOKE, "--timeout", "-5"]):
         out = subprocess.run([sys.executable, "-c", CHECK_NO_TF, *argv], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1 and "tensorflow was not imported" in out.stdout
+        assert len(out.stderr.strip().splitlines()) == 1 and "tensorflow was not imported, nor mlflow" in out.stdout, out
 
 
 CHECK_NO_TF = """
 import sys
 from mnist_lab.cli import main
 rc = main(sys.argv[1:])
-if "tensorflow" not in sys.modules:
-    print("tensorflow was not imported")
+if "tensorflow" not in sys.modules and "mlflow" not in sys.modules:
+    print("tensorflow was not imported, nor mlflow")
 sys.exit(rc)
 """
 
@@ -296,24 +309,47 @@ def test_unreachable_tracking_server_and_storage(store):
     assert "planted-pw-5150" not in err
 
 
-def test_mlruns_that_is_a_file_or_read_only(bare_store):
+def test_mlruns_that_is_a_file(bare_store):
     store = bare_store
     (store / "mlruns").write_text("not a folder")
     one_line_error(cli("train", BASELINE), "mlruns: is a file, not a folder")
     assert (store / "mlruns").read_text() == "not a folder"  # nothing touched
-    (store / "mlruns").unlink()
+
+
+def test_mlruns_that_is_read_only(bare_store):
+    """Root writes through permissions: a read-only file system it is where root may mount one; where
+    it may not (a container without CAP_SYS_ADMIN), the command runs as an unprivileged user instead."""
+    store = bare_store
     (store / "mlruns").mkdir()
-    if os.geteuid() == 0:  # root writes through permissions: a read-only file system it is
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(store / "mlruns")], capture_output=True)
-        if mounted.returncode != 0:  # a container without CAP_SYS_ADMIN
-            pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.decode().strip()}")
+    if os.geteuid() != 0:
+        (store / "mlruns").chmod(0o555)
+        one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Permission denied)")
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(store / "mlruns")], capture_output=True)
+    if mounted.returncode == 0:
         try:
             one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Read-only file system)")
         finally:
             subprocess.run(["umount", str(store / "mlruns")], check=True)
     else:
-        (store / "mlruns").chmod(0o555)
-        one_line_error(cli("train", BASELINE), "mlruns: cannot write the tracking store there (Permission denied)")
+        as_nobody(store)
+
+
+def as_nobody(store):
+    """The same command as the unprivileged user nobody, in a folder it may enter but not write."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-ro-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "mlruns").mkdir(mode=0o555)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(Path(sweep_cmd()[0])),
+                              "train", BASELINE], env=os.environ | ENV | {"HOME": str(folder)}, cwd=folder,
+                             capture_output=True, text=True, timeout=60)
+        one_line_error(out, "mlruns: cannot write the tracking store there (Permission denied)")
+        assert not any((folder / "mlruns").iterdir())
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
 
 
 def test_save_onto_a_folder_is_refused_before_training(bare_store, capsys):

@@ -161,7 +161,11 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     assert all(r.info.run_name == f"{r.data.tags['source_label']} seed {r.data.tags['seed']} · confirm" for r in confirms)
     assert not [r for r in client.search_runs([experiment_id], "tags.champion = 'true'")]  # the alias is the one record
     version = client.get_model_version_by_alias("mnist-cnn", "champion")
-    assert version.tags["study"] in ("smoke-optuna", "smoke-keras-tuner") and version.tags["data_digest"].startswith("sha256:")
+    # the champion is the study whose sweep last said its winner beats the incumbents (smoke-keras-tuner ran second)
+    verdicts = {s: client.search_runs([experiment_id], f"tags.`mnist_lab.kind` = 'study' and tags.study = '{s}'")[0]
+                .data.tags.get("confirmation", "") for s in ("smoke-optuna", "smoke-keras-tuner")}
+    crowned = [s for s, said in verdicts.items() if said.startswith(f"trial {version.tags['trial']} beats")]
+    assert version.tags["study"] == crowned[-1] and version.tags["data_digest"].startswith("sha256:"), verdicts
     assert "validation accuracy" in version.description and "training seeds" in version.description
 
     # `make ui` opens on the latest study's runs in the model-training view, not on GenAI traces.
