@@ -354,3 +354,41 @@ def test_studies_that_cannot_be_compared_as_they_stand_are_warned_of():
     assert "float32 on AMD EPYC" in said[2] and "mixed_bfloat16 on AMD EPYC" in said[2]
     table = compare.side_by_side([study("a", 500, 1000, "float32"), study("b", 5000, 55000, "float32")])
     assert list(table.columns) == ["", "a", "b"] and table.set_index("").loc["validation images"].tolist() == ["500", "5000"]
+
+
+def test_edges_reversals_importance_parallel_coordinates_and_pareto_on_a_crafted_study(tmp_path):
+    """The report's warnings and sections the README promises, on a study made here (no training):
+    a best value at the edge of its range, a rank reversal over seeds, the importance caveat under
+    20 complete trials, parallel coordinates, and the Pareto front of a two-objective study."""
+    from mnist_lab.report import figures, page
+    from mnist_lab.sweep.space import Space
+
+    space = Space.model_validate({"objective": ["val_accuracy", "latency_ms"],
+                                  "params": {"model.dropout": {"low": 0.0, "high": 0.5},
+                                             "train.batch_size": {"choices": [32, 64, 128, 256]},
+                                             "train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}})
+    rows = [{"run_id": f"r{i}", "trial": i, "state": "COMPLETE", "experiment_id": "1",
+             "metrics.val_accuracy": 0.98 + 0.001 * i, "metrics.latency_ms": 5.0 - 0.3 * i + (0.5 if i % 2 else 0),
+             "params.model.dropout": str(0.055 * i), "params.train.batch_size": str([32, 64, 128, 256][i % 4]),
+             "params.train.learning_rate": str(1e-4 * (1.6 ** i))} for i in range(10)]
+    # The best (trial 9): dropout 0.495 (within 5% of 0.5: an edge), batch 64 (inside), lr 6.9e-3 (inside).
+    runs_frame = pd.DataFrame(rows)
+    confirm = pd.DataFrame([{"status": "FINISHED", "tags.source_run_id": src, "tags.config_rank": str(rank), "tags.seed": str(seed),
+                             "tags.source_label": label, "metrics.val_accuracy": v}
+                            for src, rank, label, scores in (("r9", 1, "trial 9", [0.980, 0.981]), ("r8", 2, "trial 8", [0.990, 0.991]))
+                            for seed, v in enumerate(scores, 1)])
+    study = runs.Study(name="crafted", parent=None, space=space, objective="val_accuracy", maximize=True, runs=runs_frame,
+                       history=runs._empty_history(), confirm=confirm)
+    best = analysis.summarize(study)["best"]
+    assert int(best.trial) == 9
+    assert analysis.edge_warnings(study, best) == ["model.dropout = 0.495 is at the edge of [0, 0.5]: widen the range"]
+    _, _, verdicts = seeds.confirmation(study)
+    assert any(v.startswith("rank reversal: trial 9 beat trial 8 in the search (0.9890 against 0.9880), but over seeds")
+               for v in verdicts), verdicts
+    assert analysis.importances(study) and len(runs_frame) < analysis.MIN_IMPORTANCE_TRIALS
+    assert figures.parallel_coordinates(study) and figures.pareto_plot(study)
+    text = inspect_page(page.build([study], tmp_path / "r")["html"], width=1366)["text"]
+    assert "edge of the searched range for 1 hyperparameter" in text and "rank reversal: trial 9" in text
+    assert "Rough: with fewer than 20 complete trials" in text
+    alts = {i["alt"] for i in inspect_page(tmp_path / "r" / "index.html")["images"]}
+    assert {"parallel coordinates", "Pareto front", "axis plots"} <= alts, alts

@@ -132,3 +132,18 @@ def test_warm_start_continues_a_shorter_run(store):
     assert client.get_run(resumed.run_id).data.params["initial_epoch"] == "1"
     # without the warm start, the same frozen config learns nothing
     assert train(frozen, log_model=False, progress=False).val_accuracy < 0.5
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(store):
+    """`train.early_stopping_patience`: a run made to overfit (300 images, no dropout) stops once validation
+    loss has not improved for that many epochs, and its model is the best epoch's (restored)."""
+    tracking.setup()
+    config = load_config(None, ["model.conv_blocks=[{filters: 8}, {filters: 16}]", "model.padding=same", "model.dense=[512]",
+                                "model.dropout=0", "data.train_size=300", "data.validation_size=1000", "train.epochs=30",
+                                "train.early_stopping_patience=2"])
+    result = train(config, log_model=False, progress=False)
+    losses = result.history["val_loss"]
+    best = losses.index(min(losses))
+    assert result.epochs_run < 30 and result.epochs_run == best + 1 + 2  # stopped 2 epochs after its best
+    assert result.val_loss == pytest.approx(min(losses), rel=1e-2)  # the best epoch's weights, not the last
+    assert MlflowClient().get_run(result.run_id).data.metrics["final_val_loss"] == pytest.approx(min(losses), rel=1e-2)

@@ -137,13 +137,13 @@ class Objective:
         except (optuna.TrialPruned, Surplus):
             raise
         except KeyboardInterrupt:
-            # Not the configuration's fault, wherever in the trial it lands (training, or the logging
-            # around it): the trial runs again on resume, and its run ends KILLED.
-            with contextlib.suppress(Exception):
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted; runs again on resume")
+            self.interrupted(trial)
             raise
         except Exception as e:
+            if self.stop.is_set() and self.stop.fault is None:
+                # Stopped by a signal that TensorFlow turned into an error of its own inside one of its calls.
+                self.interrupted(trial)
+                raise KeyboardInterrupt from e
             fault = store_fault(e)
             if fault is None:
                 raise
@@ -153,6 +153,14 @@ class Objective:
                 trial.set_user_attr("interrupted", True)
                 trial.set_user_attr("fail_reason", f"{fault}; runs again on resume")
             raise StoreLost(fault) from e
+
+    @staticmethod
+    def interrupted(trial: optuna.Trial) -> None:
+        """Not the configuration's fault, wherever in the trial the stop lands (training, or the logging
+        around it): the trial runs again on resume, and its run ends KILLED."""
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", "interrupted; runs again on resume")
 
     def run_trial(self, trial: optuna.Trial):
         from optuna.trial import TrialState
@@ -188,6 +196,8 @@ class Objective:
                            callbacks=[watcher], parent_run_id=self.parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except Exception as e:
+            if self.stop.is_set() and self.stop.fault is None:
+                raise  # a stop, not a failure: told apart in __call__
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
                 client.set_tag(watcher.run_id, "state", "FAIL")

@@ -81,8 +81,16 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
 def work_in_process(settings: WorkerSettings) -> None:
     """A spawned worker process: its own TensorFlow thread pool; SIGTERM, SIGHUP or the death of the
     sweep's main process stop its trial at the next batch."""
+    halt = Halt()
+
+    def interrupt(signum, frame):
+        # Said on the halt first: TensorFlow may turn the KeyboardInterrupt raised inside its own
+        # calls into another error, and the trial must still count as interrupted, not failed.
+        halt.set()
+        raise KeyboardInterrupt
+
     for sig in stop_signals():
-        signal.signal(sig, raise_interrupt)
+        signal.signal(sig, interrupt)
     threading.Thread(target=stop_when_orphaned, args=(settings.main_pid,), daemon=True).start()
     import_tensorflow()
     import tensorflow as tf
@@ -92,7 +100,6 @@ def work_in_process(settings: WorkerSettings) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tracking.setup()
     threading.excepthook = quiet_store_faults
-    halt = Halt()
     work(settings, halt)
     if halt.fault:  # said once by the main process; the exit code tells it which
         sys.exit(LOST_STORE_EXITS[halt.fault])
