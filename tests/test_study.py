@@ -153,3 +153,22 @@ def test_a_score_counts_as_a_seed_only_where_it_was_made_in_this_precision_and_c
     assert elsewhere.scores == {}  # retrained from seed 0 here before it is compared
     add_confirmation_runs(client, experiment_id, [elsewhere])
     assert elsewhere.scores == {}
+
+
+def test_a_tracking_uri_with_credentials_is_masked_wherever_the_lab_writes_it(monkeypatch):
+    """A tracking server's password (user:password@host, or ?token=) is masked in the resume line, the
+    command tag, the UI address and the run links; the rest of the address is kept as it is."""
+    import sys
+
+    from mnist_lab import tracking
+
+    uri = "http://alice:s3cr3t-pw@mlflow.example:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(sys, "argv", ["mnist-lab", "sweep", "experiments/sweep.yaml", "--storage",
+                                      "postgresql://lab:pg-pw@db/optuna?sslmode=require&password=also-secret"])
+    said = [tracking.resume_command(), tracking.command_line(), tracking.ui_url(), tracking.run_link("1", "abc"),
+            tracking.runs_link("1", "sweep")]
+    assert not [s for s in said if "s3cr3t-pw" in s or "pg-pw" in s or "also-secret" in s], said
+    assert said[0] == ("MLFLOW_TRACKING_URI=http://alice:***@mlflow.example:5000 mnist-lab sweep experiments/sweep.yaml "
+                       "--storage postgresql://lab:***@db/optuna?sslmode=require&password=***")
+    assert said[2] == "http://alice:***@mlflow.example:5000"
