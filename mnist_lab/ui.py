@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from mnist_lab import tracking
 from mnist_lab.errors import MnistLabError
@@ -41,12 +42,14 @@ def serve(host: str, port: int, experiment_id: str, study: str | None) -> int:
     try:
         wait_until_ready(server, base, log.name)
         if record:
-            record.write_text(json.dumps({"url": base, "store": uri, "worker": tracking.worker_id()}))
+            with contextlib.suppress(OSError):  # a store served read-only: reports link to the default port
+                record.write_text(json.dumps({"url": base, "store": uri, "worker": tracking.worker_id()}))
         print(f"ready (Ctrl-C stops it); {opens_on}:\n  {tracking.runs_link(experiment_id, study, base)}", flush=True)
         server.wait()
         raise MnistLabError(f"the MLflow UI on {base} stopped by itself (exit {server.returncode}); its log: {log.name}")
     except KeyboardInterrupt:
         stop(server, record)
+        Path(log.name).unlink(missing_ok=True)  # kept only when the server failed: it says why
         print("MLflow UI stopped.", flush=True)
         return 0
     finally:
