@@ -67,16 +67,8 @@ class Verdict:
     deferred: bool = False  # another worker of the study confirms: this one has no verdict to act on
 
 
-def run_config(run_id: str) -> Config:
-    """The resolved config a run trained with (its config.yaml artifact)."""
-    import mlflow
-    import yaml
-
-    return Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")))
-
-
 def contender(client, run, label: str, rank: int) -> Contender:
-    config = run_config(run.info.run_id)
+    config = tracking.run_config(run.info.run_id)
     split = (run.data.tags.get("data_digest"), *(run.data.params.get(k) for k in SPLIT_KEYS))
     scores = {config.train.seed: run.data.metrics["val_accuracy"]} if made_here(run, config) else {}
     return Contender(label, rank, run.info.run_id, config, split, scores)

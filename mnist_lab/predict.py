@@ -292,13 +292,8 @@ def run_data_config(run_id: str | None):
     """The data settings the run trained with (its config.yaml), so calibration uses its validation images."""
     if not run_id:
         return None
-    import mlflow
-    import yaml
-
-    from mnist_lab.config import Config
-
     try:
-        return Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))).data
+        return tracking.run_config(run_id).data
     except Exception:  # no config.yaml (a model logged by hand): the default split calibrates it
         return None
 

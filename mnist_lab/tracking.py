@@ -252,6 +252,15 @@ def run_link(experiment_id: str, run_id: str, base: str | None = None) -> str:
     return f"{base or ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{VIEW}"
 
 
+def run_config(run_id: str):
+    """The resolved config a run trained with (its config.yaml artifact)."""
+    import yaml
+
+    from mnist_lab.config import Config
+
+    return Config.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")))
+
+
 def create_sqlite_atomically(uri: str, init) -> None:
     """Create the SQLite database at `uri` whole or not at all.
 

@@ -140,7 +140,7 @@ class Objective:
             self.interrupted(trial)
             raise
         except Exception as e:
-            if self.stop.is_set() and self.stop.fault is None:
+            if self.stop.by_signal:
                 # Stopped by a signal that TensorFlow turned into an error of its own inside one of its calls.
                 self.interrupted(trial)
                 raise KeyboardInterrupt from e
@@ -196,7 +196,7 @@ class Objective:
                            callbacks=[watcher], parent_run_id=self.parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except Exception as e:
-            if self.stop.is_set() and self.stop.fault is None:
+            if self.stop.by_signal:
                 raise  # a stop, not a failure: told apart in __call__
             trial.set_user_attr("fail_reason", str(e)[:500])
             if watcher.run_id:
