@@ -157,6 +157,16 @@ def mnist_stroke_widths(data_dir: Path, n: int = 10_000) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(widths, q)) for q in (10, 50, 90)}
 
 
+def show(title: str, result: dict[str, float], as_json: bool) -> None:
+    """Print a measurement as benchmarks/README.md quotes it (and as one JSON line with --json)."""
+    print(title)
+    width = max(map(len, result)) + 2
+    for name, accuracy in result.items():
+        print(f"  {name:<{width}}{accuracy:.4f}")
+    if as_json:
+        print(json.dumps(result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a .keras file, runs:/ID/model or models:/mnist-cnn@champion (required to measure)")
@@ -183,12 +193,13 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         items = make_set(folder, args.source, args.n, data_dir)
         result = measure(model, items)
-    print(f"predict accuracy on {args.n} {args.source}-set digits per condition ({args.model}):")
-    for name, accuracy in result.items():
-        print(f"  {name:<26} {accuracy:.4f}")
-    if args.json:
-        print(json.dumps(result))
+    show(f"predict accuracy on {args.n} {args.source}-set digits per condition ({args.model}):", result, args.json)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mnist_lab.errors import MnistLabError
+
+    try:
+        main()
+    except MnistLabError as e:  # a model that cannot be loaded: one line, as the CLI says it
+        sys.exit(f"error: {e}")

@@ -13,7 +13,6 @@ steps on and off. MNIST's own digits are measured by benchmarks/handwriting.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -65,16 +64,19 @@ def main() -> None:
     from mnist_lab.startup import import_tensorflow
 
     import_tensorflow()
+    from handwriting import show  # this folder is on sys.path when run as a script
+
     from mnist_lab.predict import load_model
 
     digits = load_digits()
     result = measure(load_model(args.model).keras, digits.images, digits.target)
-    print(f"predict accuracy on the {len(digits.target):,} optdigits of 43 other writers ({args.model}; {cpu_model()}):")
-    for name, accuracy in result.items():
-        print(f"  {name:<44} {accuracy:.4f}")
-    if args.json:
-        print(json.dumps(result))
+    show(f"predict accuracy on the {len(digits.target):,} optdigits of 43 other writers ({args.model}; {cpu_model()}):", result, args.json)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mnist_lab.errors import MnistLabError
+
+    try:
+        main()
+    except MnistLabError as e:  # a model that cannot be loaded: one line, as the CLI says it
+        sys.exit(f"error: {e}")
