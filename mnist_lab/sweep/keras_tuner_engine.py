@@ -136,6 +136,11 @@ def run(setup: StudySetup) -> dict[str, Any]:
         max_consecutive_failed_trials=s.budget.max_consecutive_failures,
         **budget,
     )
+    def lost(fault: str, error: Exception) -> StoreLost:
+        return StoreLost(f"{fault} mid-study ({tracking.redact(str(error).splitlines()[0])[:200]}); study {study_name} "
+                         f"stopped. Finished trials are kept; the running one reruns. Once it is back, resume with: "
+                         f"{tracking.resume_command()}")
+
     failed_out = None
     try:
         tuner.search(verbose=0)
@@ -146,7 +151,12 @@ def run(setup: StudySetup) -> dict[str, Any]:
                       f"budget.max_consecutive_failures (the last: {str(e).splitlines()[-1][:200]}); fix the space and run again")
     except KeyboardInterrupt:
         # KerasTuner reruns an unfinished trial from its saved oracle state on the next start.
-        records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
+        try:
+            records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
+        except Exception as e:  # stopped while a store was away: that store's paragraph, not a traceback
+            if (fault := store_fault(e)) is None:
+                raise
+            raise lost(fault, e) from None
         raise Interrupted(f"stopped cleanly; resume with: {tracking.resume_command()}") from None
     except Exception as e:  # KerasTuner's FatalError from a trial, or its own state failing to save
         fault = store_fault(e)
@@ -154,9 +164,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
             raise
         with contextlib.suppress(Exception):  # as far as the stores still allow
             records.end_interrupted(client, setup, parent_run_id, {tracking.worker_id()})
-        raise StoreLost(f"{fault} mid-study ({tracking.redact(str(e).splitlines()[0])[:200]}); study {study_name} stopped. "
-                        f"Finished trials are kept; the running one reruns. Once it is back, resume with: "
-                        f"{tracking.resume_command()}") from None
+        raise lost(fault, e) from None
     for line in printed:
         print(line)
 

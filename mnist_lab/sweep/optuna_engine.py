@@ -15,7 +15,6 @@ any point ends cleanly: the interrupted trials run first on resume.
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from typing import Any
@@ -24,11 +23,11 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from mnist_lab import champion, tracking
-from mnist_lab.errors import Interrupted, MnistLabError, StoreLost, fault_cause, stop_signals, store_fault
+from mnist_lab.errors import Interrupted, MnistLabError, StoreLost, fault_cause, store_fault
 from mnist_lab.sweep import budget, display, records, recovery
 from mnist_lab.sweep.optuna_study import make_storage, open_study
 from mnist_lab.sweep.records import StudySetup
-from mnist_lab.sweep.workers import WorkerSettings, Workers, quiet_store_faults, raise_interrupt
+from mnist_lab.sweep.workers import WorkerSettings, Workers, quiet_store_faults
 
 PARENT_WAIT_SECONDS = 60  # how long a worker that did not create the study waits for its MLflow run
 # The creator records itself on the study milliseconds after making it: a study with no creator after
@@ -97,9 +96,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     end = time.time() + budget_.timeout if budget_.timeout else None
     stop = budget.Halt()
     workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, end), n_workers, stop)
-    # SIGTERM (kill, a scheduler) and SIGHUP (a closed terminal or ssh session) stop the study as Ctrl-C does.
-    stopping = stop_signals() if threading.current_thread() is threading.main_thread() else ()
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in stopping}
+    # SIGTERM and SIGHUP reach here as KeyboardInterrupt: the CLI, which owns the process, says so.
     hook, threading.excepthook = threading.excepthook, quiet_store_faults
     try:
         with display.Progress(study, budget_.n_trials, setup, end) as progress:
@@ -112,7 +109,13 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
         return conclude(setup, storage_url, parent_run_id, end)
     except KeyboardInterrupt:
         workers.stop()
-        raise interrupted(setup, storage_url, parent_run_id, workers.ids) from None
+        try:
+            outcome = interrupted(setup, storage_url, parent_run_id, workers.ids)
+        except Exception as e:  # stopped while a store was away: that store's paragraph, not a traceback
+            if (fault := store_fault(e)) is None:
+                raise
+            outcome = lost(setup, storage_url, parent_run_id, workers.ids, fault, e)
+        raise outcome from None
     except Exception as e:  # a store that went away mid-study ends it in one paragraph, not a traceback
         fault = stop.fault or store_fault(e)
         if fault is None:
@@ -121,8 +124,6 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
         raise lost(setup, storage_url, parent_run_id, workers.ids, fault, e) from None
     finally:
         threading.excepthook = hook
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def reload(setup: StudySetup, storage_url: str):

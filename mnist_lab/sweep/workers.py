@@ -105,10 +105,6 @@ def work_in_process(settings: WorkerSettings) -> None:
         sys.exit(LOST_STORE_EXITS[halt.fault])
 
 
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def quiet_store_faults(args) -> None:
     """Threads of Optuna and MLflow (heartbeats, logging) whose store went away end quietly: the sweep
     says once what was lost. Anything else is a bug, and shows its traceback."""
