@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mnist-lab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback, with any password in a store's URI masked (MLflow puts URLs in errors)
+        import traceback
+
+        from mnist_lab.tracking import redact
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

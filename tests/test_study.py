@@ -172,3 +172,18 @@ def test_a_tracking_uri_with_credentials_is_masked_wherever_the_lab_writes_it(mo
     assert said[0] == ("MLFLOW_TRACKING_URI=http://alice:***@mlflow.example:5000 mnist-lab sweep experiments/sweep.yaml "
                        "--storage postgresql://lab:***@db/optuna?sslmode=require&password=***")
     assert said[2] == "http://alice:***@mlflow.example:5000"
+
+
+def test_a_bug_s_traceback_masks_a_store_s_password(monkeypatch, capsys):
+    """An error nobody foresaw still shows its traceback (it is a bug to report), but MLflow writes
+    the server's URL, password included, into its errors: the CLI masks it."""
+    from mnist_lab import cli
+
+    def buggy(args):
+        raise RuntimeError("API request to http://alice:s3cr3t-pw@127.0.0.1:5055/api/2.0/mlflow/runs/set-tag failed")
+
+    monkeypatch.setattr(cli, "cmd_confirm", buggy)
+    assert cli.main(["confirm", "--study", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "http://alice:***@127.0.0.1:5055" in err
+    assert "s3cr3t-pw" not in err
