@@ -14,7 +14,7 @@ SEEDS ?= 3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sweep report confirm test test-random test-all bench ui dashboard clean
+.PHONY: help setup train sweep report confirm test test-random test-all mutation bench ui dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ test-random: setup ## the same suite in a random order (pytest-randomly prints i
 
 test-all: setup ## every test, the slow ones too
 	$(BIN)/python -m pytest -p no:randomly $(ARGS)
+
+mutation: setup ## mutmut over the modules that decide verdicts (pyproject's [tool.mutmut]); prints each one's score and its survivors
+	rm -rf mutants
+	MNIST_LAB_DATA="$${MNIST_LAB_DATA:-$(CURDIR)/../shared/data/mnist}" $(BIN)/mutmut run --max-children 2 > /dev/null
+	$(BIN)/python tests/mutation_score.py
 
 bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~55 min; nothing else running)
 	$(BIN)/python benchmarks/bench.py $(ARGS)

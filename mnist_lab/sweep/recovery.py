@@ -121,16 +121,19 @@ def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
             t = (fail_running(storage, study.study_name, t.number, interrupted=True)
                  or unlocked(storage.get_trial, trial_id_of(storage, study.study_name, t.number)))
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
-            retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
+            # Settled again after a store error cut the first pass short: what was queued is not queued twice.
+            if retried_as(study, t.number, waiting_only=False) is None:
+                retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
             settled.append((t.number, retried_as(study, t.number)))
     return settled
 
 
-def retried_as(study, number: int) -> int | None:
-    """The number of the queued trial that retries trial `number` (Optuna gives a retry a new number)."""
+def retried_as(study, number: int, waiting_only: bool = True) -> int | None:
+    """The number of the queued trial (or, with waiting_only=False, of any trial) that retries trial
+    `number` (Optuna gives a retry a new number)."""
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,) if waiting_only else None):
         if (t.system_attrs.get("retry_history") or [None])[-1] == number:
             return t.number
     return None

@@ -1,0 +1,130 @@
+"""mnist_lab/sweep/budget.py on its own, on real Optuna studies built trial by trial: what counts,
+what ranks first, and which sentence says why a search stopped."""
+
+import datetime
+import time
+
+import optuna
+import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from mnist_lab.sweep import budget
+from mnist_lab.sweep.space import load_space
+
+NOW = datetime.datetime.now()
+
+
+def space_of(tmp_path, text="params: {train.epochs: {low: 1, high: 3}}\nbudget: {n_trials: 4, timeout: 1000, max_consecutive_failures: 2}\n"
+                            "confirm: {top: 2, seeds: 3, reserve: 0.05}\n"):
+    (tmp_path / "s.yaml").write_text(text)
+    return load_space(tmp_path / "s.yaml")
+
+
+def add(study, state: str, value=None, seconds=10, ended_ago=0, **attrs):
+    complete = NOW - datetime.timedelta(seconds=ended_ago)
+    study.add_trial(optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState[state], value=value if not isinstance(value, list) else None,
+        values=value if isinstance(value, list) else None,
+        datetime_start=complete - datetime.timedelta(seconds=seconds),
+        datetime_complete=None if state == "RUNNING" else complete, params={"train.epochs": 2},
+        distributions={"train.epochs": IntDistribution(1, 3)}, user_attrs=attrs, system_attrs={}, intermediate_values={}))
+
+
+def test_counts_tell_the_space_s_failures_from_lost_workers_and_skip_surplus_trials():
+    study = optuna.create_study(direction="maximize")
+    add(study, "COMPLETE", 0.9)
+    add(study, "PRUNED")
+    add(study, "PRUNED")
+    add(study, "FAIL", fail_reason="kernel larger than the map")
+    add(study, "FAIL")  # no reason: its worker was killed
+    add(study, "FAIL", fail_reason="x", interrupted=True)  # Ctrl-C: lost, not the space's fault
+    add(study, "RUNNING")
+    add(study, "COMPLETE", 0.99, surplus=True)  # a worker's extra trial past the budget: not counted at all
+    c = budget.count(study)
+    assert (c.complete, c.pruned, c.fail, c.lost, c.running, c.finished) == (1, 2, 1, 2, 1, 3)
+    assert str(c) == "1 complete, 2 pruned, 1 failed, 2 lost to kills"
+
+
+def test_failures_in_a_row_count_back_from_the_latest_by_time_not_number():
+    study = optuna.create_study(direction="maximize")
+    assert budget.failures_in_a_row(study) == 0
+    add(study, "FAIL", fail_reason="a", ended_ago=50)
+    add(study, "COMPLETE", 0.9, ended_ago=40)
+    add(study, "FAIL", fail_reason="b", ended_ago=10)
+    add(study, "FAIL", fail_reason="c", ended_ago=30)  # a lower number might end later: time decides
+    add(study, "FAIL", ended_ago=5)  # a killed worker is not the space's failure
+    add(study, "PRUNED", ended_ago=1, surplus=True)  # nor does a surplus trial break the row
+    assert budget.failures_in_a_row(study) == 2
+    add(study, "PRUNED", ended_ago=0)
+    assert budget.failures_in_a_row(study) == 0
+
+
+def test_ranked_orders_by_the_objective_s_direction_and_a_pareto_front_by_val_accuracy(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    for v in (0.97, 0.99, 0.98):
+        add(study, "COMPLETE", v)
+    add(study, "PRUNED")
+    assert [t.value for t in budget.ranked(study, space)] == [0.99, 0.98, 0.97]
+    loss = space_of(tmp_path, "objective: [{metric: val_loss, direction: minimize}]\nparams: {train.epochs: {low: 1, high: 3}}\n")
+    study = optuna.create_study(direction="minimize")
+    for v in (0.3, 0.1, 0.2):
+        add(study, "COMPLETE", v)
+    assert [t.value for t in budget.ranked(study, loss)] == [0.1, 0.2, 0.3]
+    two = space_of(tmp_path, "objective: [{metric: param_count, direction: minimize}, val_accuracy]\nsampler: nsga2\npruner: none\n"
+                             "params: {train.epochs: {low: 1, high: 3}}\n")
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for values in ([100, 0.95], [200, 0.99], [300, 0.98], [50, 0.90]):  # [300, 0.98] is dominated by [200, 0.99]
+        add(study, "COMPLETE", values)
+    assert [t.values for t in budget.ranked(study, two)] == [[200, 0.99], [100, 0.95], [50, 0.90]]
+
+
+def test_confirmation_time_without_the_baseline_in_the_space_counts_all_its_seeds(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    assert budget.confirmation_seconds(study, space) == 0
+    add(study, "COMPLETE", 0.99, seconds=60)
+    add(study, "COMPLETE", 0.98, seconds=30)
+    add(study, "COMPLETE", 0.97, seconds=500)  # third: not confirmed with top 2
+    # 2 more seeds of each contender, and 3 seeds of the baseline guessed as long as the best
+    assert budget.confirmation_seconds(study, space) == pytest.approx(2 * (60 + 30) + 3 * 60, abs=1)
+
+
+def test_why_a_search_stopped_and_whether_it_goes_on_to_its_confirmation(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    far = time.time() + 10_000
+    assert budget.may_start_another(study, space, far) and budget.may_start_another(study, space, None)
+    assert budget.why_stopped(study, space, far) == (
+        "stopped with 0 of 4 trials finished; run the same command again to resume", False)
+    add(study, "COMPLETE", 0.9, seconds=100)
+    # time: the next trial (100 s) and the confirmation (2 x 100 s for the one contender, 3 x 100 s for the
+    # baseline it lacks) must fit, and at least 5% of the 1000 s budget stays free
+    assert budget.may_start_another(study, space, time.time() + 100 + 500 + 10)
+    assert not budget.may_start_another(study, space, time.time() + 100 + 500 - 10)
+    assert budget.why_stopped(study, space, time.time() + 550) == (
+        "stopped: the time budget (1000 s) has room only for the confirmation, after 1 finished trials", True)
+    add(study, "FAIL", fail_reason="kernel larger than the map")
+    assert budget.may_start_another(study, space, far)
+    add(study, "FAIL", fail_reason="loss diverged to nan")
+    assert not budget.may_start_another(study, space, far)
+    said, done = budget.why_stopped(study, space, far)
+    assert not done and said == ("stopped: 2 trials failed in a row (the last: loss diverged to nan), the limit "
+                                 "budget.max_consecutive_failures; 1 of 4 trials finished. Fix the space, or raise the "
+                                 "limit, and run again to resume")
+    for _ in range(3):
+        add(study, "PRUNED")
+    assert not budget.may_start_another(study, space, far)
+    assert budget.why_stopped(study, space, far) == ("stopped: the budget of 4 finished trials is reached", True)
+
+
+def test_a_halt_keeps_the_first_fault_and_tells_a_signal_from_a_lost_store():
+    halt = budget.Halt()
+    assert not halt.is_set() and not halt.by_signal and halt.fault is None
+    halt.set()
+    assert halt.is_set() and halt.by_signal
+    lost = budget.Halt()
+    lost.set("the disk is full")
+    lost.set("the database does not answer")
+    assert lost.is_set() and not lost.by_signal and lost.fault == "the disk is full"

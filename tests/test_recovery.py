@@ -1,0 +1,143 @@
+"""mnist_lab/sweep/recovery.py on its own, on a real Optuna SQLite storage and a real MLflow store: dead
+and interrupted trials are failed, queued again (clean), and their runs ended KILLED with the reason."""
+
+import socket
+import subprocess
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from mnist_lab import tracking
+from mnist_lab.sweep import recovery
+
+
+@pytest.fixture
+def study(store):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}")
+    return optuna.create_study(study_name="s", storage=storage), storage
+
+
+def a_dead_worker() -> str:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}"  # a process of this machine that is gone
+
+
+def running_trial(study, worker: str, **attrs):
+    """A RUNNING trial of `worker`, with an MLflow run RUNNING as the objective would have started it."""
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    experiment_id = tracking.setup()  # before MlflowClient(), which binds to the store set at that moment
+    run = MlflowClient().create_run(experiment_id)
+    for key, value in {"worker": worker, "mlflow_run_id": run.info.run_id, **attrs}.items():
+        trial.set_user_attr(key, value)
+    return trial.number, run.info.run_id
+
+
+def ended_killed(run_id: str, reason_part: str) -> bool:
+    run = MlflowClient().get_run(run_id)
+    return (run.info.status == "KILLED" and run.data.tags["state"] == "FAIL"
+            and reason_part in run.data.tags["failure_reason"])
+
+
+def test_a_dead_worker_s_trial_is_failed_queued_clean_and_its_run_killed(study):
+    study, storage = study
+    number, run_id = running_trial(study, a_dead_worker(), baseline=True, interrupted=False)
+    alive, alive_run = running_trial(study, tracking.worker_id())
+    elsewhere, _ = running_trial(study, "another-host:1")
+    recovery.reap_dead_trials(study, storage)
+    trials = study.get_trials()
+    assert trials[number].state == TrialState.FAIL
+    assert trials[alive].state == TrialState.RUNNING and trials[elsewhere].state == TrialState.RUNNING
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].params == trials[number].params
+    assert queued[0].user_attrs == {"baseline": True}  # what the trial is; not the dead attempt's run, worker or flags
+    assert recovery.retried_trial_number(queued[0]) == number and recovery.retried_as(study, number) == queued[0].number
+    assert recovery.retried_as(study, alive) is None
+    assert ended_killed(run_id, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+    assert MlflowClient().get_run(alive_run).info.status == "RUNNING"
+
+
+def test_a_configuration_that_kills_its_worker_every_time_is_dropped_with_a_word(study, capsys):
+    study, storage = study
+    number, _ = running_trial(study, a_dead_worker())
+    for attempt in range(1, recovery.MAX_RETRY + 2):
+        recovery.reap_dead_trials(study, storage)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        if attempt <= recovery.MAX_RETRY:  # queued again: the next attempt starts and its worker dies too
+            assert len(waiting) == 1
+            trial = study.ask()
+            assert trial.number == waiting[0].number
+            trial.set_user_attr("worker", a_dead_worker())
+        else:
+            assert waiting == []
+    err = capsys.readouterr().err
+    assert f"its worker stopped mid-trial {recovery.MAX_RETRY + 1} times (killed or crashed); the configuration is not tried again" in err
+    assert err.count("not tried again") == 1
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * (recovery.MAX_RETRY + 1)
+
+
+def test_interrupted_trials_of_these_workers_are_queued_first_and_said(study):
+    study, storage = study
+    me, other = tracking.worker_id(), "another-host:7"
+    still_running, run_a = running_trial(study, me)
+    stopped, run_b = running_trial(study, me)
+    recovery.fail_running(storage, "s", stopped, interrupted=True)  # its worker failed it as it stopped
+    failed_itself, _ = running_trial(study, me)
+    recovery.fail_running(storage, "s", failed_itself)  # the configuration's own failure: not retried
+    surplus, _ = running_trial(study, me, surplus=True)
+    not_mine, _ = running_trial(study, other)
+    settled = recovery.settle_interrupted(study, storage, {me})
+    trials = study.get_trials()
+    retries = {recovery.retried_trial_number(t): t.number for t in trials if t.state == TrialState.WAITING}
+    assert settled == [(still_running, retries[still_running]), (stopped, retries[stopped])]
+    assert set(retries) == {still_running, stopped}
+    assert trials[still_running].state == TrialState.FAIL and trials[still_running].user_attrs["interrupted"] is True
+    assert trials[surplus].state == TrialState.RUNNING and trials[not_mine].state == TrialState.RUNNING
+    assert ended_killed(run_a, "interrupted (Ctrl-C or SIGTERM)") and ended_killed(run_b, "interrupted")
+    # Settling again (after a store error cut the first pass short) queues nothing twice.
+    assert recovery.settle_interrupted(study, storage, {me}) == settled
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+    # An interrupted configuration is retried however often it was interrupted (no MAX_RETRY).
+    for _ in range(recovery.MAX_RETRY + 1):
+        trial = study.ask()
+        trial.set_user_attr("worker", me)
+        again = recovery.settle_interrupted(study, storage, {me})
+        assert again[-1][0] == trial.number and again[-1][1] is not None
+        assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+
+
+def test_fail_running_says_when_another_process_finished_the_trial_first(study):
+    study, storage = study
+    number, _ = running_trial(study, tracking.worker_id())
+    study.tell(number, 0.5)
+    assert recovery.fail_running(storage, "s", number, interrupted=True) is None
+    assert study.get_trials()[number].state == TrialState.COMPLETE
+    assert "interrupted" not in study.get_trials()[number].user_attrs
+
+
+def test_unlocked_waits_out_a_locked_database_and_nothing_else(monkeypatch):
+    monkeypatch.setattr(recovery.time, "sleep", lambda s: None)
+    calls = []
+
+    def locked_twice(x):
+        calls.append(x)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return x * 2
+
+    assert recovery.unlocked(locked_twice, 21) == 42 and len(calls) == 3
+    calls.clear()
+    with pytest.raises(RuntimeError, match="locked"):
+        recovery.unlocked(locked_twice, 1, attempts=2)
+    assert len(calls) == 2
+
+    def broken():
+        calls.append(1)
+        raise ValueError("no such table")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        recovery.unlocked(broken)
+    assert calls == [1]
