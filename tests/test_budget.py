@@ -33,17 +33,19 @@ def add(study, state: str, value=None, seconds=10, ended_ago=0, **attrs):
 
 def test_counts_tell_the_space_s_failures_from_lost_workers_and_skip_surplus_trials():
     study = optuna.create_study(direction="maximize")
-    add(study, "COMPLETE", 0.9)
+    add(study, "COMPLETE", 0.99, surplus=True)  # a worker's extra trial past the budget: not counted at all
+    for _ in range(2):
+        add(study, "COMPLETE", 0.9)
+        add(study, "RUNNING")
+        add(study, "FAIL", fail_reason="kernel larger than the map")
     add(study, "PRUNED")
     add(study, "PRUNED")
-    add(study, "FAIL", fail_reason="kernel larger than the map")
+    add(study, "PRUNED")
     add(study, "FAIL")  # no reason: its worker was killed
     add(study, "FAIL", fail_reason="x", interrupted=True)  # Ctrl-C: lost, not the space's fault
-    add(study, "RUNNING")
-    add(study, "COMPLETE", 0.99, surplus=True)  # a worker's extra trial past the budget: not counted at all
     c = budget.count(study)
-    assert (c.complete, c.pruned, c.fail, c.lost, c.running, c.finished) == (1, 2, 1, 2, 1, 3)
-    assert str(c) == "1 complete, 2 pruned, 1 failed, 2 lost to kills"
+    assert (c.complete, c.pruned, c.fail, c.lost, c.running, c.finished) == (2, 3, 2, 2, 2, 5)
+    assert str(c) == "2 complete, 3 pruned, 2 failed, 2 lost to kills"
 
 
 def test_failures_in_a_row_count_back_from_the_latest_by_time_not_number():
@@ -58,6 +60,11 @@ def test_failures_in_a_row_count_back_from_the_latest_by_time_not_number():
     assert budget.failures_in_a_row(study) == 2
     add(study, "PRUNED", ended_ago=0)
     assert budget.failures_in_a_row(study) == 0
+    by_time = optuna.create_study(direction="maximize")
+    add(by_time, "FAIL", fail_reason="a", ended_ago=50)
+    add(by_time, "FAIL", fail_reason="b", ended_ago=20)
+    add(by_time, "COMPLETE", 0.9, ended_ago=30)  # the highest number, but not the last to end
+    assert budget.failures_in_a_row(by_time) == 1
 
 
 def test_ranked_orders_by_the_objective_s_direction_and_a_pareto_front_by_val_accuracy(tmp_path):
@@ -91,6 +98,31 @@ def test_confirmation_time_without_the_baseline_in_the_space_counts_all_its_seed
     assert budget.confirmation_seconds(study, space) == pytest.approx(2 * (60 + 30) + 3 * 60, abs=1)
 
 
+def test_the_baseline_is_confirmed_beside_the_top_trials_not_as_one_of_them(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    add(study, "COMPLETE", 0.999, seconds=100, baseline=True)  # best, but it is the incumbent
+    add(study, "COMPLETE", 0.99, seconds=60)
+    add(study, "COMPLETE", 0.98, seconds=30)
+    add(study, "COMPLETE", 0.97, seconds=500)
+    add(study, "RUNNING", seconds=5)
+    assert budget.confirmation_seconds(study, space) == pytest.approx(2 * (100 + 60 + 30), abs=1)
+    assert budget.trial_seconds(study.trials[-1]) is None and budget.trial_seconds(study.trials[1]) == pytest.approx(60)
+
+
+def test_the_next_trial_is_guessed_at_the_75th_percentile_and_a_reserve_stays_free(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {n_trials: 40, timeout: 1000}\n"
+                               "confirm: {top: 1, seeds: 3, reserve: 0.05}\n")
+    study = optuna.create_study(direction="maximize")
+    # nothing finished yet: the next trial is guessed at 0 s; 5% of 1000 s stays free
+    assert budget.search_time_left(study, space, time.time() + 50.5)
+    assert not budget.search_time_left(study, space, time.time() + 49.5)
+    for seconds in (10, 20, 30, 40, 50):
+        add(study, "PRUNED", seconds=seconds)
+    assert budget.search_time_left(study, space, time.time() + 50 + 40.3)  # the 75th percentile is 40 s
+    assert not budget.search_time_left(study, space, time.time() + 50 + 39.7)
+
+
 def test_why_a_search_stopped_and_whether_it_goes_on_to_its_confirmation(tmp_path):
     space = space_of(tmp_path)
     study = optuna.create_study(direction="maximize")
@@ -107,10 +139,11 @@ def test_why_a_search_stopped_and_whether_it_goes_on_to_its_confirmation(tmp_pat
         "stopped: the time budget (1000 s) has room only for the confirmation, after 1 finished trials", True)
     add(study, "FAIL", fail_reason="kernel larger than the map")
     assert budget.may_start_another(study, space, far)
-    add(study, "FAIL", fail_reason="loss diverged to nan")
+    add(study, "FAIL", fail_reason="loss diverged to nan" + " in a long message" * 20)
     assert not budget.may_start_another(study, space, far)
     said, done = budget.why_stopped(study, space, far)
-    assert not done and said == ("stopped: 2 trials failed in a row (the last: loss diverged to nan), the limit "
+    reason = ("loss diverged to nan" + " in a long message" * 20)[:200]  # the first 200 characters
+    assert not done and said == (f"stopped: 2 trials failed in a row (the last: {reason}), the limit "
                                  "budget.max_consecutive_failures; 1 of 4 trials finished. Fix the space, or raise the "
                                  "limit, and run again to resume")
     for _ in range(3):

@@ -35,10 +35,9 @@ def running_trial(study, worker: str, **attrs):
     return trial.number, run.info.run_id
 
 
-def ended_killed(run_id: str, reason_part: str) -> bool:
+def ended_killed(run_id: str, reason: str) -> bool:
     run = MlflowClient().get_run(run_id)
-    return (run.info.status == "KILLED" and run.data.tags["state"] == "FAIL"
-            and reason_part in run.data.tags["failure_reason"])
+    return run.info.status == "KILLED" and run.data.tags["state"] == "FAIL" and run.data.tags["failure_reason"] == reason
 
 
 def test_a_dead_worker_s_trial_is_failed_queued_clean_and_its_run_killed(study):
@@ -61,17 +60,22 @@ def test_a_dead_worker_s_trial_is_failed_queued_clean_and_its_run_killed(study):
 
 def test_a_configuration_that_kills_its_worker_every_time_is_dropped_with_a_word(study, capsys):
     study, storage = study
-    number, _ = running_trial(study, a_dead_worker())
+    number, run_id = running_trial(study, a_dead_worker())
     for attempt in range(1, recovery.MAX_RETRY + 2):
         recovery.reap_dead_trials(study, storage)
         waiting = study.get_trials(states=(TrialState.WAITING,))
         if attempt <= recovery.MAX_RETRY:  # queued again: the next attempt starts and its worker dies too
+            assert ended_killed(run_id, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
             assert len(waiting) == 1
             trial = study.ask()
             assert trial.number == waiting[0].number
+            experiment_id = tracking.setup()
+            run_id = MlflowClient().create_run(experiment_id).info.run_id
             trial.set_user_attr("worker", a_dead_worker())
+            trial.set_user_attr("mlflow_run_id", run_id)
         else:
             assert waiting == []
+            assert ended_killed(run_id, f"its worker stopped mid-trial {attempt} times (killed or crashed); not retried again")
     err = capsys.readouterr().err
     assert f"its worker stopped mid-trial {recovery.MAX_RETRY + 1} times (killed or crashed); the configuration is not tried again" in err
     assert err.count("not tried again") == 1
@@ -95,7 +99,8 @@ def test_interrupted_trials_of_these_workers_are_queued_first_and_said(study):
     assert set(retries) == {still_running, stopped}
     assert trials[still_running].state == TrialState.FAIL and trials[still_running].user_attrs["interrupted"] is True
     assert trials[surplus].state == TrialState.RUNNING and trials[not_mine].state == TrialState.RUNNING
-    assert ended_killed(run_a, "interrupted (Ctrl-C or SIGTERM)") and ended_killed(run_b, "interrupted")
+    reason = "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume"
+    assert ended_killed(run_a, reason) and ended_killed(run_b, reason)
     # Settling again (after a store error cut the first pass short) queues nothing twice.
     assert recovery.settle_interrupted(study, storage, {me}) == settled
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
@@ -108,6 +113,23 @@ def test_interrupted_trials_of_these_workers_are_queued_first_and_said(study):
         assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
 
 
+def test_a_trial_its_stopping_worker_fails_in_the_meantime_is_read_again_and_queued_once(study, monkeypatch):
+    study, storage = study
+    me = tracking.worker_id()
+    number, run_id = running_trial(study, me)
+    real = recovery.fail_running
+
+    def worker_first(storage_, name, n, **attrs):  # the worker marks it just before the main process does
+        real(storage_, name, n, interrupted=True)
+        return real(storage_, name, n, **attrs)
+
+    monkeypatch.setattr(recovery, "fail_running", worker_first)
+    settled = recovery.settle_interrupted(study, storage, {me})
+    assert [old for old, _ in settled] == [number] and settled[0][1] is not None
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert ended_killed(run_id, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
+
+
 def test_fail_running_says_when_another_process_finished_the_trial_first(study):
     study, storage = study
     number, _ = running_trial(study, tracking.worker_id())
@@ -118,7 +140,8 @@ def test_fail_running_says_when_another_process_finished_the_trial_first(study):
 
 
 def test_unlocked_waits_out_a_locked_database_and_nothing_else(monkeypatch):
-    monkeypatch.setattr(recovery.time, "sleep", lambda s: None)
+    waits = []
+    monkeypatch.setattr(recovery.time, "sleep", waits.append)
     calls = []
 
     def locked_twice(x):
@@ -127,7 +150,7 @@ def test_unlocked_waits_out_a_locked_database_and_nothing_else(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return x * 2
 
-    assert recovery.unlocked(locked_twice, 21) == 42 and len(calls) == 3
+    assert recovery.unlocked(locked_twice, 21) == 42 and len(calls) == 3 and waits == [0.5, 0.5]
     calls.clear()
     with pytest.raises(RuntimeError, match="locked"):
         recovery.unlocked(locked_twice, 1, attempts=2)

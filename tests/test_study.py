@@ -18,8 +18,33 @@ def test_welch_one_sided():
     assert welch_greater([0.990, 0.991, 0.989], [0.995, 0.994, 0.996]) > 0.99  # the other way round
     assert 0.2 < welch_greater([0.991, 0.993, 0.989], [0.990, 0.992, 0.990]) < 0.8  # overlapping: noise
     assert welch_greater([0.99, 0.99], [0.98, 0.98]) == 0.0 and welch_greater([0.99, 0.99], [0.99, 0.99]) == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^Welch's t-test needs at least two seeds on each side$"):
         welch_greater([0.99], [0.98, 0.97])
+    with pytest.raises(ValueError):
+        welch_greater([0.99, 0.98], [0.98])
+
+
+def test_welch_with_one_constant_side_is_scipy_s_test_and_the_two_sided_one_too():
+    """Only both sides constant is a special case: one constant side still has a t-statistic."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    from mnist_lab.stats import mean_ci, welch_two_sided
+
+    a, b = [0.99, 0.99, 0.99], [0.97, 0.975, 0.965]
+    assert welch_greater(a, b) == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert 0 < welch_greater(a, b) < 0.05
+    t, p = welch_two_sided(np.array(b), np.array(a))
+    expected = scipy_stats.ttest_ind(b, a, equal_var=False)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue)) and t < 0
+    # a seed mean's 95% interval: the t-interval, by SciPy's own interval function
+    x = np.array([0.990, 0.994, 0.992, 0.996])
+    low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
+    assert mean_ci(x) == pytest.approx((x.mean(), (high - low) / 2))
+    mean, half = mean_ci(np.array([0.99]))
+    assert mean == 0.99 and np.isnan(half)
+    mean, half = mean_ci(np.array([]))
+    assert np.isnan(mean) and np.isnan(half)
 
 
 def test_a_clear_winner_is_crowned():

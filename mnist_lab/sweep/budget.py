@@ -56,7 +56,7 @@ def count(study) -> Counts:
     from optuna.trial import TrialState
 
     c = Counts()
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False):  # pragma: no mutate (a copy changes no value)
         if t.user_attrs.get("surplus"):
             continue
         if t.state == TrialState.COMPLETE:
@@ -82,7 +82,8 @@ def failures_in_a_row(study) -> int:
     """How many trials failed, by the space's fault, since the last one that finished."""
     from optuna.trial import TrialState
 
-    ended = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    ended = [t for t in study.get_trials(deepcopy=False, states=states)  # pragma: no mutate (a copy changes no value)
              if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and worker_lost(t))]
     ended.sort(key=lambda t: (t.datetime_complete or t.datetime_start).timestamp() if (t.datetime_complete or t.datetime_start) else 0)
     n = 0
@@ -101,7 +102,8 @@ def ranked(study, space: LoadedSpace) -> list:
     objectives = space.space.objective
     metrics = [o.metric for o in objectives]
     i = metrics.index("val_accuracy") if space.space.multi_objective and "val_accuracy" in metrics else 0
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    states = (TrialState.COMPLETE,)
+    complete = study.get_trials(deepcopy=False, states=states)  # pragma: no mutate (a copy changes no value)
     if space.space.multi_objective:
         front = {t.number for t in study.best_trials}
         complete = [t for t in complete if t.number in front]
@@ -137,7 +139,8 @@ def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
 
     if end is None:
         return True
-    finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=states)]  # pragma: no mutate (a copy changes no value)
     finished = [s for s in finished if s is not None]
     next_trial = float(np.percentile(finished, 75)) if finished else 0.0
     keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space))

@@ -118,7 +118,8 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
             return False
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         schedule, run = trial.user_attrs[SCHEDULE_ATTR], trial.user_attrs[RUN_ATTR]
-        others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        others = [t for t in study.get_trials(deepcopy=False, states=alive)  # pragma: no mutate (a deep copy changes no value)
                   if t.number != trial.number]
         for rung in crossed:
             rivals = [v for t in others if t.user_attrs.get(SCHEDULE_ATTR) == schedule

@@ -34,24 +34,30 @@ def on_dead_trial(study, trial) -> None:
     if tries > MAX_RETRY:
         # Dropped, and said so: a configuration that kills its worker every time (out of memory?) is not retried forever.
         print(f"trial {trial.number}: its worker stopped mid-trial {tries} times (killed or crashed); "
-              "the configuration is not tried again", file=sys.stderr, flush=True)
-        retry(study, trial, MAX_RETRY, f"its worker stopped mid-trial {tries} times (killed or crashed); not retried again")
+              "the configuration is not tried again", file=sys.stderr, flush=True)  # pragma: no mutate (flushing changes no text)
+        end_run(trial, f"its worker stopped mid-trial {tries} times (killed or crashed); not retried again")
         return
-    retry(study, trial, MAX_RETRY, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+    retry(study, trial, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
 
 
-def retry(study, trial, max_retry: int | None, reason: str) -> None:
-    """Queue `trial`'s configuration again (Optuna's retry callback: at most `max_retry` times, None for
-    always), starting clean, and end the attempt's MLflow run KILLED with `reason`."""
+def retry(study, trial, reason: str) -> None:
+    """Queue `trial`'s configuration again (Optuna's retry callback), starting clean, and end the
+    attempt's MLflow run KILLED with `reason`."""
     import copy
 
-    from mlflow import MlflowClient
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    clean = copy.deepcopy(trial)
+    clean = copy.copy(trial)  # what the retry inherits is set anew below; the trial itself is left as it is
     clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in INHERITED_ATTRS}
     # Two workers stopping at once both write: SQLite may say "database is locked" for a moment.
-    unlocked(RetryHeartbeatStaleTrialCallback(max_retry=max_retry), study, clean)
+    unlocked(RetryHeartbeatStaleTrialCallback(max_retry=None), study, clean)  # how often: on_dead_trial decides
+    end_run(trial, reason)
+
+
+def end_run(trial, reason: str) -> None:
+    """End the attempt's MLflow run (if it got one) KILLED, with `reason`."""
+    from mlflow import MlflowClient
+
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         end_killed(MlflowClient(), run_id, reason)
@@ -101,7 +107,8 @@ def reap_dead_trials(study, storage) -> None:
     """Trials whose worker on this machine is gone are failed and retried now, not after the grace period."""
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = (TrialState.RUNNING,)
+    for t in study.get_trials(deepcopy=False, states=running):  # pragma: no mutate (a copy changes no value)
         if tracking.worker_is_dead(t.user_attrs.get("worker")):
             failed = fail_running(storage, study.study_name, t.number)
             if failed is not None:  # else another worker reaped it first
@@ -114,7 +121,7 @@ def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
     from optuna.trial import TrialState
 
     settled = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False):  # pragma: no mutate (a copy changes no value)
         if t.user_attrs.get("worker") not in workers or t.user_attrs.get("surplus"):
             continue
         if t.state == TrialState.RUNNING:  # it did not stop in time (or its worker failed it a moment ago: read it again)
@@ -122,8 +129,8 @@ def settle_interrupted(study, storage, workers: set[str]) -> list[int]:
                  or unlocked(storage.get_trial, trial_id_of(storage, study.study_name, t.number)))
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             # Settled again after a store error cut the first pass short: what was queued is not queued twice.
-            if retried_as(study, t.number, waiting_only=False) is None:
-                retry(study, t, None, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
+            if retried_as(study, t.number, waiting_only=False) is None:  # pragma: no mutate (None reads as False)
+                retry(study, t, "interrupted (Ctrl-C or SIGTERM); the configuration runs again on resume")
             settled.append((t.number, retried_as(study, t.number)))
     return settled
 
@@ -133,7 +140,8 @@ def retried_as(study, number: int, waiting_only: bool = True) -> int | None:
     `number` (Optuna gives a retry a new number)."""
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,) if waiting_only else None):
+    states = (TrialState.WAITING,) if waiting_only else None
+    for t in study.get_trials(deepcopy=False, states=states):  # pragma: no mutate (a copy changes no value)
         if (t.system_attrs.get("retry_history") or [None])[-1] == number:
             return t.number
     return None
