@@ -90,3 +90,63 @@ def test_missing_file():
 
 def test_override_values_are_yaml():
     assert parse_overrides(["a=1", "b=0.5", "c=[1, 2]", "d=true", "e=adam"]) == {"a": 1, "b": 0.5, "c": [1, 2], "d": True, "e": "adam"}
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.conv_blocks.2.filters=8"], "command line: 'model.conv_blocks.2' is out of range: the list has 2 entries (0..1)"),
+        (["model.conv_blocks.x.filters=8"], "command line: 'model.conv_blocks.x' is out of range: the list has 2 entries (0..1)"),
+        (["train.epochs.x=8"], "command line: 'train.epochs' is a value, it has no key 'x'"),
+        (["model.dense=[0]"], "command line: model.dense=[0]: widths must be positive, got [0]"),
+        (["model.conv_blocks=[{filters: 0}, {filters: -1}]"],
+         "command line: model.conv_blocks=[{filters: 0}, {filters: -1}]: Input should be greater than 0 (got 0) (+1 more)"),
+        (["train.epochs=0"], "command line: train.epochs=0: Input should be greater than 0 (got 0)"),
+        (["train.epochs=-1", "train.batch_size=0"], "command line: train.batch_size=0: Input should be greater than 0 (got 0) (+1 more)"),
+        (["model.conv_blocks.0.kernel_size=29"],
+         "command line: model.conv_blocks.0.kernel_size=29: 29 is larger than the 28x28 feature map it sees; use at most 28"),
+        (["a=[x"], "command line: the value of 'a' is not valid YAML: '[x'"),
+        (["a=b=c"], "command line: unknown key 'a' (allowed: data, model, train, precision)"),
+    ],
+)
+def test_override_errors_word_for_word(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert str(e.value) == expected
+
+
+def test_file_errors_word_for_word(tmp_path):
+    bad = write(tmp_path, "model:\n  dropout: 0.1\n  dense: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert str(e.value) == f"{bad}: line 4 is not valid YAML (expected ',' or ']', but got '<stream end>')"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "- a\n"))
+    assert str(e.value).endswith(": expected a mapping of config keys at the top level, got list")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert str(e.value) == f"{tmp_path}: is a directory; give a YAML file such as experiments/baseline.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "train:\n  epochs: 0\n"))
+    assert str(e.value).endswith(".yaml: train.epochs: Input should be greater than 0 (got 0)")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"train.epochs": 2, "model.dense": [0]})
+    assert str(e.value) == "command line: model.dense=[0]: widths must be positive, got [0]"
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_shapes_steps_and_dotted_keys():
+    from mnist_lab.config import get_dotted, merge
+
+    assert Config().model.feature_map_sizes() == [28, 12, 4]
+    assert load_config(None, ["model.padding=same"]).model.feature_map_sizes() == [28, 14, 7]
+    assert Config().train.steps_per_epoch(100) == 4 and Config().train.steps_per_epoch(96) == 3
+    assert parse_overrides(["x= ", "y=[1, {a: 2}]"]) == {"x": None, "y": [1, {"a": 2}]}
+    tree = Config().model_dump()
+    assert get_dotted(tree, "model.conv_blocks.1.filters") == 64 and get_dotted(tree, "train.epochs") == 3
+    base = {"a": {"b": [1, 2], "c": 1}}
+    merged = merge(base, {"a": {"c": 2}})
+    merged["a"]["b"].append(3)
+    diff = {"d": {"e": [1]}}
+    merge(base, diff)["d"]["e"].append(2)
+    assert base == {"a": {"b": [1, 2], "c": 1}} and diff == {"d": {"e": [1]}}  # neither input is changed
