@@ -29,6 +29,11 @@ def load(tmp_path, text, **kw):
     ("params: {train.epochs: {low: 1, hgh: 3}}\n", {}, "s.yaml: params: train.epochs: unknown key 'hgh' (allowed: low, high, step, log)"),
     (EPOCHS + "budget: {n_trails: 3}\n", {}, "s.yaml: unknown key 'budget.n_trails' (did you mean 'n_trials'?)"),
     ("params: {train.epochs: {low: 3, high: 1}}\n", {}, "s.yaml: params: train.epochs: low (3) > high (1)"),
+    ("params: {train.batch_size: {choices: []}}\n", {},
+     "s.yaml: params: train.batch_size: choices: List should have at least 1 item after validation, not 0"),
+    ("confirm: {sedes: 3}\n" + EPOCHS, {}, "s.yaml: unknown key 'confirm.sedes' (did you mean 'seeds'?)"),
+    ("objective: [{metrc: val_loss}]\n" + EPOCHS, {}, "s.yaml: unknown key 'objective.0.metrc' (did you mean 'metric'?)"),
+    ("budget: {timout: 3}\n" + EPOCHS, {}, "s.yaml: unknown key 'budget.timout' (did you mean 'timeout'?)"),
     (EPOCHS, {"timeout": 0}, "--timeout 0: input should be greater than 0"),
     (EPOCHS, {"n_trials": -5}, "--n-trials -5: input should be greater than 0"),
 ])
@@ -36,6 +41,14 @@ def test_space_errors_word_for_word(tmp_path, text, kw, expected):
     with pytest.raises(ConfigError) as e:
         load(tmp_path, text, **kw)
     assert str(e.value) == f"{tmp_path}/{expected}" if expected.startswith("s.yaml") else str(e.value) == expected
+
+
+def test_a_bad_base_config_is_named_as_the_base_file(tmp_path):
+    (tmp_path / "b.yaml").write_text("train: {epochs: 0}\n")
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, "base: b.yaml\n" + EPOCHS)
+    assert str(e.value) == f"{tmp_path / 'b.yaml'}: train.epochs: Input should be greater than 0 (got 0)"
+    assert load(tmp_path, EPOCHS).text == EPOCHS  # recorded on the study as it was written
 
 
 def test_the_default_space_holds_the_baseline_and_maps_to_optuna_s_distributions():
@@ -108,3 +121,6 @@ def test_optuna_suggests_and_keras_tuner_declares_exactly_the_space(tmp_path):
     assert {k: declared["train.learning_rate"][k] for k in ("min_value", "max_value", "sampling")} == {
         "min_value": 1e-4, "max_value": 1e-2, "sampling": "log"}
     assert declared["model.dropout"]["step"] == 0.1 and declared["train.batch_size"]["values"] == [32, 64]
+    assert declared["model.dropout"]["sampling"] == "linear"
+    log_int = load(tmp_path, "params: {model.dense.0: {low: 16, high: 1024, log: true}}\n").space
+    assert sp.distributions(log_int)["model.dense.0"] == IntDistribution(16, 1024, log=True)

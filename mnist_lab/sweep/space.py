@@ -200,7 +200,8 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
     except ValidationError as e:
         loc, what, first = first_error(e, skip=("function-", "IntParam", "FloatParam", "ChoiceParam"))
         if first["type"] == "extra_forbidden":
-            known = list(Space.model_fields) if len(first["loc"]) == 1 else ["low", "high", "step", "log", "choices", "metric", "direction", "n_trials", "timeout", "max_consecutive_failures", "top", "seeds", "reserve", "min_val_accuracy"]
+            sections = (Space,) if len(first["loc"]) == 1 else (IntParam, FloatParam, ChoiceParam, Objective, Budget, Confirm)
+            known = list(dict.fromkeys(key for section in sections for key in section.model_fields))
             raise ConfigError(f"{path}: unknown key '{loc}'{did_you_mean(str(first['loc'][-1]), known)}") from None
         raise ConfigError(f"{path}: {loc}: {what}") from None
     base_diff = read_yaml(path.parent / space.base) if space.base else {}
