@@ -32,7 +32,7 @@ def welch_greater(a: list[float], b: list[float]) -> float:
 
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's t-test needs at least two seeds on each side")
-    if np.std(a) == 0 and np.std(b) == 0:
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # exact: np.std of three equal 0.99s is 1e-16, not 0
         return 0.0 if np.mean(a) > np.mean(b) else 1.0
     with warnings.catch_warnings():  # near-identical seed scores: scipy warns, the p-value is still right
         warnings.simplefilter("ignore", RuntimeWarning)  # pragma: no mutate (silencing more warnings changes no value)

@@ -41,6 +41,9 @@ def test_welch_with_one_constant_side_is_scipy_s_test_and_the_two_sided_one_too(
     x = np.array([0.990, 0.994, 0.992, 0.996])
     low, high = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
     assert mean_ci(x) == pytest.approx((x.mean(), (high - low) / 2))
+    pair = np.array([0.990, 0.994])
+    assert mean_ci(pair) == pytest.approx((0.992, scipy_stats.t.ppf(0.975, 1) * pair.std(ddof=1) / np.sqrt(2)))
+    assert welch_greater([0.99] * 3, [0.98] * 3) == 0.0 and welch_greater([0.98] * 3, [0.98] * 3) == 1.0
     mean, half = mean_ci(np.array([0.99]))
     assert mean == 0.99 and np.isnan(half)
     mean, half = mean_ci(np.array([]))
