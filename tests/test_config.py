@@ -68,21 +68,6 @@ def test_bad_configs_name_file_key_and_what_is_allowed(tmp_path, text, expected)
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(
-    "pairs, expected",
-    [
-        (["train.epoch=2"], "command line: unknown key 'train.epoch' (did you mean 'epochs'?)"),
-        (["model.conv_blocks.5.filters=8"], "'model.conv_blocks.5' is out of range"),
-        (["epochs"], "'epochs' is not key=value"),
-        (["train.epochs=0"], "train.epochs"),
-    ],
-)
-def test_bad_overrides(pairs, expected):
-    with pytest.raises(ConfigError, match=None) as e:
-        load_config(None, pairs)
-    assert expected in str(e.value)
-
-
 def test_missing_file():
     with pytest.raises(ConfigError, match="no such file"):
         load_config("experiments/nope.yaml")
@@ -95,6 +80,8 @@ def test_override_values_are_yaml():
 @pytest.mark.parametrize(
     "overrides, expected",
     [
+        (["train.epoch=2"], "command line: unknown key 'train.epoch' (did you mean 'epochs'?)"),
+        (["epochs"], "command line: 'epochs' is not key=value (e.g. train.epochs=1)"),
         (["model.conv_blocks.2.filters=8"], "command line: 'model.conv_blocks.2' is out of range: the list has 2 entries (0..1)"),
         (["model.conv_blocks.x.filters=8"], "command line: 'model.conv_blocks.x' is out of range: the list has 2 entries (0..1)"),
         (["train.epochs.x=8"], "command line: 'train.epochs' is a value, it has no key 'x'"),
@@ -109,29 +96,23 @@ def test_override_values_are_yaml():
         (["a=b=c"], "command line: unknown key 'a' (allowed: data, model, train, precision)"),
     ],
 )
-def test_override_errors_word_for_word(overrides, expected):
+def test_bad_overrides_word_for_word(overrides, expected):
+    assert refusal(None, overrides) == expected
+
+
+def refusal(path=None, overrides=None) -> str:
     with pytest.raises(ConfigError) as e:
-        load_config(None, overrides)
-    assert str(e.value) == expected
+        load_config(path, overrides)
+    return str(e.value)
 
 
 def test_file_errors_word_for_word(tmp_path):
     bad = write(tmp_path, "model:\n  dropout: 0.1\n  dense: [unclosed\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(bad)
-    assert str(e.value) == f"{bad}: line 4 is not valid YAML (expected ',' or ']', but got '<stream end>')"
-    with pytest.raises(ConfigError) as e:
-        load_config(write(tmp_path, "- a\n"))
-    assert str(e.value).endswith(": expected a mapping of config keys at the top level, got list")
-    with pytest.raises(ConfigError) as e:
-        load_config(tmp_path)
-    assert str(e.value) == f"{tmp_path}: is a directory; give a YAML file such as experiments/baseline.yaml"
-    with pytest.raises(ConfigError) as e:
-        load_config(write(tmp_path, "train:\n  epochs: 0\n"))
-    assert str(e.value).endswith(".yaml: train.epochs: Input should be greater than 0 (got 0)")
-    with pytest.raises(ConfigError) as e:
-        load_config(None, {"train.epochs": 2, "model.dense": [0]})
-    assert str(e.value) == "command line: model.dense=[0]: widths must be positive, got [0]"
+    assert refusal(bad) == f"{bad}: line 4 is not valid YAML (expected ',' or ']', but got '<stream end>')"
+    assert refusal(write(tmp_path, "- a\n")).endswith(": expected a mapping of config keys at the top level, got list")
+    assert refusal(tmp_path) == f"{tmp_path}: is a directory; give a YAML file such as experiments/baseline.yaml"
+    assert refusal(write(tmp_path, "train:\n  epochs: 0\n")).endswith(".yaml: train.epochs: Input should be greater than 0 (got 0)")
+    assert refusal(None, {"train.epochs": 2, "model.dense": [0]}) == "command line: model.dense=[0]: widths must be positive, got [0]"
     assert load_config(write(tmp_path, "")) == Config()
 
 
