@@ -131,8 +131,8 @@ def trained_in(study: Study) -> list[tuple[str, int]]:
     runs = pd.concat([study.runs, study.confirm], ignore_index=True) if len(study.confirm) else study.runs
     if runs.empty or "params.precision" not in runs:
         return []
-    where = (runs.get("params.precision", pd.Series("?", index=runs.index)).fillna("?") + " on "
-             + runs.get("tags.cpu_model", pd.Series("?", index=runs.index)).fillna("?"))
+    runs = runs[runs["params.precision"].notna()]  # a run that trained nothing (an impossible configuration) has none
+    where = runs["params.precision"] + " on " + runs.get("tags.cpu_model", pd.Series("?", index=runs.index)).fillna("?")
     return [(text, int(n)) for text, n in where.value_counts().items()]
 
 
