@@ -148,3 +148,29 @@ def test_importances_need_four_complete_trials_and_a_space():
     assert set(found) <= set(SPACE.params) and max(found, key=found.get) == "model.dropout"
     assert sum(found.values()) == pytest.approx(1.0)
     assert analysis.importances(study_of(rows[:3])) == {} and analysis.importances(study_of(rows, space=None)) == {}
+
+
+def test_what_the_summary_and_leaderboard_say_when_a_study_recorded_little():
+    rows = [run("a", 0, "COMPLETE", 0.9, **{"params.model.dropout": "0.1", "tags.git_commit": "c" * 40, "tags.data_digest": "sha256:1",
+                                             "params.param_count": "1000000", "params.precision": "float32"}),
+            run("b", 1, "COMPLETE", 0.8, **{"params.model.dropout": None, "tags.git_commit": "c" * 40, "tags.data_digest": "sha256:1",
+                                             "params.param_count": "1500", "params.precision": "float32"})]
+    space = Space.model_validate({"base": "baseline.yaml", "params": {"model.dropout": {"low": 0.0, "high": 0.5}}})
+    confirm = pd.DataFrame({"params.precision": ["float32"], "tags.source_run_id": ["a"]})
+    s = analysis.summarize(study_of(rows, space=space, confirm=confirm, tags={}))
+    assert {k: s[k] for k in ("space_file", "engine", "sampler", "pruner", "objective", "study_command", "warnings", "epochs",
+                              "train_seconds", "commits", "digests", "trained_in")} == {
+        "space_file": "-", "engine": "-", "sampler": "-", "pruner": "-", "objective": "val_accuracy", "study_command": "-",
+        "warnings": [], "epochs": 0, "train_seconds": 0.0, "commits": ["c" * 12], "digests": ["sha256:1"],
+        "trained_in": [("float32 on ?", 3)]}
+    assert s["reproduce"] == "mnist-lab train experiments/baseline.yaml model.dropout=0.1"
+    table = analysis.leaderboard(study_of(rows, space=space), k=1)
+    record = table.to_dict("records")
+    assert len(record) == 1 and np.isnan(record[0].pop("test_accuracy"))
+    assert record == [{"trial": "trial 0", "role": "", "run_id": "a", "dropout": "0.1", "val_accuracy": 0.9, "params": "1.00M",
+                       "train s": None}]
+    both = analysis.leaderboard(study_of(rows, space=space))
+    assert both.params.tolist() == ["1.00M", "2k"] and both.dropout.tolist() == ["0.1", ""]
+    bare = analysis.leaderboard(study_of([run("a", 0, "COMPLETE", 0.9)], space=space))
+    assert bare.dropout.tolist() == [""] and bare.params.tolist() == [""] and list(bare.columns)[-1] == "test_accuracy"
+    assert analysis.leaderboard(study_of([run(f"r{i}", i, "COMPLETE", 0.9) for i in range(12)], space=space)).shape[0] == 10
