@@ -58,6 +58,7 @@ test-all: setup ## every test, the slow ones too
 
 mutation: setup ## mutmut over the modules that decide verdicts (pyproject's [tool.mutmut]); prints each one's score and its survivors
 	rm -rf mutants
+	# mutmut runs the tests from mutants/, one folder deeper, where conftest's ../shared default does not reach.
 	MNIST_LAB_DATA="$${MNIST_LAB_DATA:-$(CURDIR)/../shared/data/mnist}" $(BIN)/mutmut run --max-children 2 > /dev/null
 	$(BIN)/python tests/mutation_score.py
 

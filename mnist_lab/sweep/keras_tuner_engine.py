@@ -136,6 +136,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
         max_consecutive_failed_trials=s.budget.max_consecutive_failures,
         **budget,
     )
+
     def lost(fault: str, error: Exception) -> StoreLost:
         return StoreLost(f"{fault} mid-study ({tracking.redact(str(error).splitlines()[0])[:200]}); study {study_name} "
                          f"stopped. Finished trials are kept; the running one reruns. Once it is back, resume with: "
