@@ -18,7 +18,13 @@ Sections:
   e  experiments/fast.yaml: wall time from process start to a finished run, 5 seeds, test accuracy
   f  training options on this CPU: steps per execution, tf.data, batch size, bfloat16
   g  search efficiency: the lab's default search against Optuna random search without pruning and
-     KerasTuner's Hyperband, at equal compute (training images seen), 3 sampler seeds each
+     KerasTuner's Hyperband, at equal compute (training images seen), 3 sampler seeds each; like for
+     like: every method starts with the baseline trial, and its wall is the search alone (process
+     start to the end of its last trial: no confirmation, no test evaluation)
+
+Sections a and b train in float32 on both sides (plain Keras' precision); d, e and g in the lab's
+`precision: auto`, which on a CPU with AVX512-BF16 is mixed bfloat16 (the machine line says which).
+Each section's stamp (date, commit, machine) is written here, when it is measured, and nowhere else.
   h  `mnist-lab report` over 1,000 runs of 20 epochs (benchmarks/report_scale.py)
 """
 
@@ -71,7 +77,8 @@ def lab_run(args: list[str], cwd: Path) -> dict:
                for m in ("epoch_seconds", "images_per_second", "val_accuracy")}
     run = client.get_run(run_id)
     return {"wall": wall, **history, "train_images": int(run.data.params["train_images"]),
-            "test_accuracy": run.data.metrics.get("test_accuracy"), "param_count": int(run.data.params["param_count"])}
+            "test_accuracy": run.data.metrics.get("test_accuracy"), "param_count": int(run.data.params["param_count"]),
+            "precision": run.data.params.get("precision")}
 
 
 def plain_run(args: list[str], cwd: Path) -> dict:
@@ -88,7 +95,7 @@ def bench_a(repeats: int, tmp: Path) -> dict:
         # Alternate who goes first, so neither always meets a cold page cache or a warm core.
         for who in (("lab", "plain") if r % 2 == 0 else ("plain", "lab")):
             if who == "lab":
-                lab.append(lab_run([str(REPO / "experiments/baseline.yaml")], tmp))
+                lab.append(lab_run([str(REPO / "experiments/baseline.yaml"), "precision=float32"], tmp))
             else:
                 plain.append(plain_run([], tmp))
             print(f"  a {who} repeat {r + 1}: {np.mean((lab if who == 'lab' else plain)[-1]['epoch_seconds']):.1f} s/epoch", flush=True)
@@ -114,7 +121,7 @@ def bench_b(repeats: int, tmp: Path) -> dict:
     for r in range(repeats):
         for who in (("on", "off") if r % 2 == 0 else ("off", "on")):
             if who == "on":
-                on.append(lab_run(["train.epochs=1", f"data.train_size={size}"], tmp))
+                on.append(lab_run(["train.epochs=1", f"data.train_size={size}", "precision=float32"], tmp))
             else:
                 off.append(plain_run(["--epochs", "1", "--train-size", size], tmp))
     on_wall, off_wall = [x["wall"] for x in on], [x["wall"] for x in off]
@@ -244,16 +251,20 @@ def bench_f(repeats: int) -> dict:
     x, y = data.to_model_input(split.x_train), keras.utils.to_categorical(split.y_train, 10)
     variants = {
         "default (batch 32, 16 steps per call, float32)": ([], "numpy"),
+        # Section a's plain Keras side: the tutorial's own network and compile (1 step per call).
+        "plain Keras tutorial network (1 step per call)": ([], "tutorial"),
         "1 step per call": (["train.steps_per_execution=1"], "numpy"),
         "tf.data cache/shuffle/batch/prefetch": ([], "tf.data"),
         "mixed_bfloat16": (["precision=mixed_bfloat16"], "numpy"),
         "batch 128": (["train.batch_size=128"], "numpy"),
         "batch 256": (["train.batch_size=256"], "numpy"),
     }
+    from keras_tutorial import tutorial_model
+
     models = {}
-    for name, (overrides, _) in variants.items():
-        config = load_config(None, ["data.train_size=8000", *overrides])
-        models[name] = (build_model(config), config.train.batch_size)
+    for name, (overrides, kind) in variants.items():
+        config = load_config(None, ["data.train_size=8000", "precision=float32", *overrides])
+        models[name] = (tutorial_model() if kind == "tutorial" else build_model(config), config.train.batch_size)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).cache().shuffle(len(x), seed=0).batch(32).prefetch(tf.data.AUTOTUNE)
     times = {name: [] for name in variants}
     for r in range(repeats + 1):  # round 0 traces the graphs: not timed
@@ -271,7 +282,7 @@ def bench_f(repeats: int) -> dict:
 # --- g: search efficiency at equal compute ----------------------------------------------------------
 
 SEARCH_METHODS = {
-    "lab default (TPE + successive halving, 8 reports/epoch)": {"sampler": "tpe", "pruner": "sha"},
+    "lab default (TPE + schedule-aware successive halving, 8 reports/epoch)": {"sampler": "tpe", "pruner": "sha"},
     "Optuna random search, no pruning": {"sampler": "random", "pruner": "none"},
     "KerasTuner Hyperband (resuming from tuner/initial_epoch)": {"tuner": "hyperband", "pruner": "hyperband"},
 }
@@ -279,7 +290,12 @@ SEARCH_METHODS = {
 
 def search_study(method: str, seed: int, budget_images: int, tmp: Path) -> dict:
     """One study of benchmarks/search_bench.yaml with `method`; its trials in order, with the
-    training images each saw and, for complete trials, the validation accuracy it ended with."""
+    training images each saw and, for complete trials, the validation accuracy it ended with.
+
+    Like for like: every method's first trial is the baseline (the Optuna studies enqueue it, as
+    `mnist-lab sweep` does; KerasTuner cannot, so the same baseline is trained first, in the same
+    store, and counted as its first trial), and the wall is the search's alone: from process start
+    to the end of the last trial (KerasTuner's sweep goes on to confirm and evaluate; not counted)."""
     import yaml
     from mlflow import MlflowClient
 
@@ -288,14 +304,18 @@ def search_study(method: str, seed: int, budget_images: int, tmp: Path) -> dict:
     space |= SEARCH_METHODS[method] | {"base": str(REPO / "experiments/baseline.yaml"), "seed": seed}
     path = folder / "search.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
+    started = time.time()
     if "tuner" in space:
-        cmd = [*LAB, "sweep", str(path), "--engine", "keras-tuner"]  # Hyperband's own schedule sets its compute
+        baseline = [f"{k}={v}" for k, v in space["fixed"].items()]
+        timed([*LAB, "train", str(REPO / "experiments/baseline.yaml"), *baseline], folder)
+        timed([*LAB, "sweep", str(path), "--engine", "keras-tuner"], folder)  # Hyperband's own schedule sets its compute
     else:
-        cmd = [PYTHON, str(HERE / "search_study.py"), str(path), str(budget_images)]
-    wall, _ = timed(cmd, folder)
+        timed([PYTHON, str(HERE / "search_study.py"), str(path), str(budget_images)], folder)
     client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`mnist_lab.kind` = 'trial'", order_by=["attributes.start_time ASC"], max_results=5000)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    # The search's trials, and KerasTuner's baseline: a `mnist-lab train` run (no mnist_lab.kind tag).
+    runs = [r for r in client.search_runs(experiments, "", order_by=["attributes.start_time ASC"], max_results=5000)
+            if r.data.tags.get("mnist_lab.kind", "train") in ("trial", "train")]
     trials = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
@@ -303,9 +323,10 @@ def search_study(method: str, seed: int, budget_images: int, tmp: Path) -> dict:
             images = int(tags["pruned_at_images"])
         else:  # epochs this run trained (a resumed KerasTuner trial only its new ones)
             images = len(client.get_metric_history(run.info.run_id, "epoch_seconds")) * int(params.get("train_images", 0))
-        value = run.data.metrics.get("val_accuracy") if tags.get("state") == "COMPLETE" else None
-        trials.append({"images": images, "val_accuracy": value, "state": tags.get("state")})
-    return {"wall": wall, "trials": trials}
+        complete = tags.get("state") == "COMPLETE" or "mnist_lab.kind" not in tags
+        trials.append({"images": images, "val_accuracy": run.data.metrics.get("val_accuracy") if complete else None,
+                       "state": tags.get("state", "COMPLETE")})
+    return {"wall": max(r.info.end_time for r in runs) / 1000 - started, "trials": trials}
 
 
 def best_curve(trials: list[dict]) -> tuple[list[float], list[float]]:
@@ -386,8 +407,18 @@ def machine() -> str:
     import keras
     import tensorflow as tf
 
-    return (f"{os.cpu_count()} cores of {cpu} ({', '.join(extras)}), no GPU used; Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    from mnist_lab.train import bfloat16_hardware
+
+    auto = "mixed_bfloat16" if bfloat16_hardware() else "float32"
+    return (f"{os.cpu_count()} cores of {cpu} ({', '.join(extras)}), no GPU used, precision auto = {auto}; "
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+def commit() -> str:
+    """The commit measured; `+changes` when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mnist_lab", "benchmarks", "experiments"], cwd=REPO).returncode
+    return (head or "an unknown commit") + ("+changes" if dirty else "")
 
 
 def fmt(s: dict, spec: str = ".1f") -> str:
@@ -404,17 +435,19 @@ def bench_h(repeats: int) -> dict:
 
 def tables(results: dict) -> str:
     r, lines = results, []
-    # Sections are often re-run alone (--only X --merge): say when and at which commit each was measured.
-    when: dict[str, list[str]] = {}
+    # Sections are often re-run alone (--only X --merge): say when, at which commit and on what machine each was.
+    when: dict[tuple, list[str]] = {}
     for key in sorted(set(r) & set("abcdefgh")):
-        when.setdefault(r.get("measured", {}).get(key, r.get("date", "?")), []).append(key)
-    dates = "; ".join(f"{', '.join(keys)}: {stamp}" for stamp, keys in when.items())
-    lines += [f"Measured on {r['machine']}; `make bench` ({r['repeats']} repeats each, "
-              f"median (min–max), variants interleaved). Sections measured {dates}.", ""]
+        m = r["measured"][key]
+        when.setdefault((m["date"], m["commit"], m["machine"], m["repeats"]), []).append(key)
+    for (day, at, on, repeats), keys in when.items():
+        lines.append(f"Sections {', '.join(keys)}: measured {day} at {at} on {on}; {repeats} repeats, median (min–max), "
+                     "variants interleaved.  ")
+    lines += ["Command: `make bench` (or `.venv/bin/python benchmarks/bench.py --only X --merge`), nothing else running.", ""]
     lines += ["| measurement | mnist-lab | reference | ratio | goal |", "| --- | --- | --- | --- | --- |"]
     if "a" in r:
         a = r["a"]
-        lines.append(f"| a. s/epoch, tutorial network, batch 32, 55,000 images (validation included) | {fmt(a['lab']['s_per_epoch'])} "
+        lines.append(f"| a. s/epoch, tutorial network, float32, batch 32, 55,000 images (validation included) | {fmt(a['lab']['s_per_epoch'])} "
                      f"| plain Keras {fmt(a['plain']['s_per_epoch'])} | {a['ratio_s_per_epoch']:.2f} "
                      f"| ≤ 1.00: {'met' if a['ratio_s_per_epoch'] <= 1 else 'missed'} |")
         lines.append(f"| a. images/s (validation included) | {fmt(a['lab']['images_per_s'], '.0f')} | {fmt(a['plain']['images_per_s'], '.0f')} "
@@ -422,7 +455,7 @@ def tables(results: dict) -> str:
         lines.append(f"| a. val_accuracy after 3 epochs | {fmt(a['lab']['val_accuracy_3'], '.4f')} | {fmt(a['plain']['val_accuracy_3'], '.4f')} | | |")
     if "b" in r:
         b = r["b"]
-        lines.append(f"| b. wall of a 1-epoch run on 10,000 images, from process start, s | {fmt(b['on_wall'])} | plain Keras, nothing logged: "
+        lines.append(f"| b. wall of a 1-epoch float32 run on 10,000 images, from process start, s | {fmt(b['on_wall'])} | plain Keras, nothing logged: "
                      f"{fmt(b['off_wall'])} | {b['on_wall']['median'] / b['off_wall']['median']:.2f} | |")
         lines.append(f"| b. tracking overhead per run | {b['overhead_s']:.1f} s ({b['overhead_pct']:.0f}%) | | | |")
         out = b["lab_outside_epochs_s"]["median"]
@@ -446,7 +479,8 @@ def tables(results: dict) -> str:
     if "e" in r:
         e = r["e"]
         ok_time, ok_acc = e["wall"]["median"] <= 40, e["test_accuracy_mean"] >= 0.99
-        lines.append(f"| e. `fast.yaml`: wall from process start to finished run ({e['epochs']} epochs, test evaluation included), s | "
+        lines.append(f"| e. `fast.yaml`: wall from process start to finished run ({e['epochs']} epochs, {e['runs'][0].get('precision', '?')}, "
+                     "test evaluation included), s | "
                      f"{fmt(e['wall'])} | tutorial recipe: 3 epochs | | ≤ 40 s: {'met' if ok_time else 'missed'} |")
         lines.append(f"| e. `fast.yaml`: test accuracy, mean of {len(e['runs'])} seeds | {e['test_accuracy_mean']:.4f} ± {e['test_accuracy_sd']:.4f} "
                      f"(min {e['test_accuracy']['min']:.4f}) | | | ≥ 0.9900: {'met' if ok_acc else 'missed'} |")
@@ -459,7 +493,8 @@ def tables(results: dict) -> str:
         lines += ["", f"Search efficiency (g): best validation accuracy against compute, {len(next(iter(g['methods'].values()))['runs'])} "
                   f"sampler seeds per method, benchmarks/search_bench.yaml (3,000 training images, 1,000 validation); compared at "
                   f"{g['budget_images'] / g['epoch_images']:.0f} epochs of images, the least any run spent "
-                  "(plot: benchmarks/search_efficiency.png):", "",
+                  "(plot: benchmarks/search_efficiency.png). Every method starts with the baseline trial; wall is the search "
+                  "alone, from process start to its last trial's end (no confirmation, no test evaluation):", "",
                   f"| method | best val_accuracy at equal compute | epochs of images to reach {g['target']} | reached | trials | wall, s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for method, m in g["methods"].items():
@@ -488,11 +523,12 @@ def main() -> None:
     sections = args.only.split(",")
     results: dict = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
     measured = results.setdefault("measured", {})
-    for key in set(results) & set("abcdefgh"):  # kept sections from before per-section stamps: the file's date
-        measured.setdefault(key, results.get("date", "?"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    stamp = f"{date.today().isoformat()} at {commit or 'an unknown commit'}"
-    results |= {"date": date.today().isoformat(), "machine": machine(), "repeats": args.repeats}
+    for key in set(results) & set("abcdefgh"):  # a section without a stamp this script wrote is not kept
+        if not isinstance(measured.get(key), dict):
+            results.pop(key)
+            measured.pop(key, None)
+    stamp = {"date": date.today().isoformat(), "commit": commit(), "machine": machine(), "repeats": args.repeats}
+    results |= {"date": stamp["date"], "machine": stamp["machine"], "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for key, run in (("a", lambda: bench_a(args.repeats, tmp)), ("b", lambda: bench_b(args.repeats, tmp)),
