@@ -196,7 +196,7 @@ def sweep_study(workers: int, tmp: Path, n_trials: int) -> dict:
     from mlflow import MlflowClient
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name="sweep_bench", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+    study = optuna.load_study(study_name="sweep_bench-optuna", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
     client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
     outside = []
     for t in study.get_trials(deepcopy=False):
