@@ -62,7 +62,7 @@ mutation: setup ## mutmut over the modules that decide verdicts (pyproject's [to
 	MNIST_LAB_DATA="$${MNIST_LAB_DATA:-$(CURDIR)/../shared/data/mnist}" $(BIN)/mutmut run --max-children 2 > /dev/null
 	$(BIN)/python tests/mutation_score.py
 
-bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~55 min; nothing else running)
+bench: setup ## benchmarks/bench.py: the lab against plain Keras, Optuna and KerasTuner, side by side (~41 min; nothing else running)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 ui: setup ## the MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI or mlruns/, with a link to the latest study

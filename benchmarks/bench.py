@@ -1,6 +1,6 @@
 """`make bench`: what a run and a trial cost here, side by side with plain Keras. Not a test.
 
-    make bench                                    # all sections, about 55 min on 2 cores
+    make bench                                    # all sections, 41 min on 2 cores (2026-11-29, Zen 4 EPYC)
     .venv/bin/python benchmarks/bench.py --only a,e --repeats 3
 
 Every comparison runs its variants interleaved in one invocation (A, B, A, B, ...), so a
@@ -415,9 +415,11 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The commit measured; `+changes` when the working tree differs from it."""
+    """The commit measured; `+changes` when the code measured differs from it (the bench's own outputs,
+    results.json and the tables, do not count: a section run after another has rewritten them)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mnist_lab", "benchmarks", "experiments"], cwd=REPO).returncode
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mnist_lab", "experiments", "benchmarks/*.py", "benchmarks/*.yaml",
+                            "pyproject.toml"], cwd=REPO).returncode
     return (head or "an unknown commit") + ("+changes" if dirty else "")
 
 

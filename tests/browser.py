@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -90,10 +92,39 @@ def toc_in_sandbox(path: Path, anchor: str, width: int = 1366, height: int = 768
             browser.close()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 that no other test of this run is handed. Port 0's ephemeral port,
+    closed and handed on, could be drawn by the other pytest-xdist worker before this test's server
+    bound it: each worker draws from a range of its own, under Linux's ephemeral range (32768 up),
+    never the same port twice, and only a port it could bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = 20000 + 1000 * (int(worker) % 12 if worker.isdigit() else 0)
+    for _ in range(200):
+        port = random.randrange(low, low + 1000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise AssertionError(f"no free port in {low}-{low + 999}")
+
+
+def read_lines(stream, n: int, timeout: float = 60) -> list[str]:
+    """The next `n` lines of a server's output, or a failure after `timeout` s (a bare readline on a
+    server that went quiet would wait for pytest-timeout's 900 s)."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stream.readline() for _ in range(n)), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert not reader.is_alive(), f"{n} lines not printed within {timeout} s; so far: {lines}"
+    return lines
 
 
 @contextlib.contextmanager

@@ -246,3 +246,25 @@ def test_a_configuration_killed_three_times_is_dropped_with_a_word(store):
     finished_now = finished(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna"))
     assert len(finished_now) == 1 and finished_now[0].params != killed[0].params
     nothing_running(trials(store))
+
+
+@pytest.mark.slow  # 2-3 min: a KerasTuner sweep killed mid-trial, then resumed; `make test-all` runs it
+def test_keras_tuner_resumes_after_a_sigkill_without_retraining_what_finished(store):
+    def second_trial_training():
+        runs = runs_of("smoke-keras-tuner")
+        return (any(r.data.tags.get("state") == "COMPLETE" for r in runs)
+                and any(r.info.status == "RUNNING" and r.data.metrics for r in runs))
+
+    proc = sweep("--n-trials", "3", "--engine", "keras-tuner", *LONGER, start_new_session=True)
+    assert poll(second_trial_training, 300), proc.communicate(timeout=60)
+    before = {r.data.tags["trial_number"]: r.info.run_id for r in runs_of("smoke-keras-tuner") if r.data.tags.get("state") == "COMPLETE"}
+    os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: what a power cut or the OOM killer leaves
+    proc.communicate(timeout=60)
+    again = subprocess.run([MNIST_LAB, "sweep", SMOKE, "--n-trials", "3", "--engine", "keras-tuner", *LONGER],
+                           env=os.environ | ENV, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, (again.stdout + again.stderr)[-3000:]
+    complete = [r for r in runs_of("smoke-keras-tuner") if r.data.tags.get("state") == "COMPLETE"]
+    numbers = [r.data.tags["trial_number"] for r in complete]
+    assert len(set(numbers)) == 3 and len(numbers) == 3, numbers  # three trials, none run twice
+    assert {n: r for n, r in ((r.data.tags["trial_number"], r.info.run_id) for r in complete) if n in before} == before
+    nothing_running([])

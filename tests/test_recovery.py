@@ -1,6 +1,7 @@
 """mnist_lab/sweep/recovery.py on its own, on a real Optuna SQLite storage and a real MLflow store: dead
 and interrupted trials are failed, queued again (clean), and their runs ended KILLED with the reason."""
 
+import os
 import socket
 import subprocess
 
@@ -164,3 +165,32 @@ def test_unlocked_waits_out_a_locked_database_and_nothing_else(monkeypatch):
     with pytest.raises(ValueError):
         recovery.unlocked(broken)
     assert calls == [1]
+
+
+def test_a_worker_on_another_machine_that_falls_silent_is_retried_after_the_grace_period(store, monkeypatch):
+    """Optuna's own heartbeat path, on the storage the sweep opens: a RUNNING trial of a worker elsewhere
+    (whose process this machine cannot see) is left alone while its heartbeat is fresh, and failed,
+    queued again and its run ended KILLED once it has been silent for the grace period. The README's
+    30 s is the default; here 2 s, so the test waits 3."""
+    import time
+
+    from mnist_lab.sweep import optuna_study
+
+    assert (recovery.HEARTBEAT_SECONDS, recovery.GRACE_SECONDS) == (10, 30) or "MNIST_LAB_GRACE_SECONDS" in os.environ
+    monkeypatch.setattr(optuna_study, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(optuna_study, "GRACE_SECONDS", 2)
+    storage = optuna_study.make_storage(f"sqlite:///{store / 'heartbeat.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    number, run_id = running_trial(study, "another-host:1")
+    trial_id = study.get_trials()[number]._trial_id
+    storage.record_heartbeat(trial_id)  # what the worker's heartbeat thread writes
+    recovery.reap_dead_trials(study, storage)  # this machine's reaper cannot judge a worker elsewhere
+    optuna.storages.fail_stale_trials(study)  # what Optuna runs before each trial: still within the grace
+    assert study.get_trials()[number].state == TrialState.RUNNING
+    time.sleep(3)  # the silence itself is what is tested
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[number].state == TrialState.FAIL
+    [queued] = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.params == trials[number].params and recovery.retried_trial_number(queued) == number
+    assert ended_killed(run_id, "its worker stopped mid-trial (killed or crashed); the configuration is retried")

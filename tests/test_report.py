@@ -13,7 +13,8 @@ from mnist_lab.cli import main
 from mnist_lab.config import load_config
 from mnist_lab.train import train
 
-from browser import chromium, free_port, inspect_page, mlflow_page_text, mlflow_runs_page, serve, shown_after, toc_in_sandbox
+from browser import (chromium, free_port, inspect_page, mlflow_page_text, mlflow_runs_page, read_lines, serve, shown_after,
+                     toc_in_sandbox)
 from conftest import REPO
 
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -171,7 +172,7 @@ def test_sweep_confirm_report_end_to_end_in_chromium(in_smoke_studies, monkeypat
     # `make ui` opens on the latest study's runs in the model-training view, not on GenAI traces.
     port = free_port()
     with serve([str(REPO / ".venv" / "bin" / "mnist-lab"), "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health") as ui:
-        said = [ui.stdout.readline() for _ in range(3)]
+        said = read_lines(ui.stdout, 3)
         assert said[0].startswith(f"MLflow UI over sqlite:///{store / 'mlruns' / 'mlflow.db'} on http://127.0.0.1:{port}: starting")
         assert said[1].startswith("ready (Ctrl-C stops it)")  # said once the server answers, not before
         link = said[2].strip()

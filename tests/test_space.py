@@ -80,6 +80,11 @@ def test_the_baseline_counts_only_when_every_searched_value_of_it_lies_inside(tm
     assert load(tmp_path, "fixed: {train.epochs: 5}\nparams: {train.epochs: {low: 4, high: 6}}\n").baseline_values() == {"train.epochs": 5}
 
 
+def test_a_space_that_says_nothing_of_confirmation_gets_the_readme_s_defaults(tmp_path):
+    confirm = load(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\n").space.confirm
+    assert (confirm.top, confirm.seeds, confirm.reserve, confirm.min_val_accuracy) == (2, 3, 0.1, 0.9)
+
+
 def test_a_trial_s_config_and_who_is_blamed(tmp_path):
     s = load(tmp_path, "fixed: {train.batch_size: 64}\nparams: {model.conv_blocks.0.kernel_size: {choices: [5, 29]}, "
                        "train.epochs: {choices: [1, 2]}}\n")

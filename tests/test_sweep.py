@@ -100,6 +100,8 @@ def test_four_local_workers_share_one_sqlite_study(store):
                          env=os.environ | {"CI": "true"}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "locked" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+    # Off a terminal (output captured, as in CI or a log file) the live display draws nothing: lines only.
+    assert "\x1b" not in out.stdout + out.stderr
     study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
     assert len(finished(study)) == 5 and not [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE
                                               and not t.user_attrs.get("surplus")]
@@ -197,6 +199,11 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
     assert kt_parent.data.tags["engine"] == "keras-tuner" and kt_parent.data.tags["sampler"] == "random"
     assert {r.data.tags["engine"] for r in runs_of("smoke-optuna")} == {"optuna"}
     assert {r.data.tags["engine"] for r in runs_of("smoke-keras-tuner")} == {"keras-tuner"}
+    # KerasTuner runs no baseline trial: the baseline is confirmed from its config, seeds 0 and 1, its runs
+    # filed under the study's own run.
+    baseline = [r for r in runs_of("smoke-keras-tuner", "confirm") if r.data.tags["source_label"] == "baseline"]
+    assert sorted(r.data.tags["seed"] for r in baseline) == ["0", "1"]
+    assert {r.data.tags["source_run_id"] for r in baseline} == {kt_parent.info.run_id}
     # Rerunning resumes the KerasTuner study too: no new runs, and the Optuna study is untouched.
     assert main(["sweep", str(store / "smoke.yaml"), "--engine", "keras-tuner"]) == 0
     assert len(runs_of("smoke-keras-tuner")) == 3 and len(runs_of("smoke-keras-tuner", "study")) == 1
@@ -411,3 +418,23 @@ def test_diverging_trials_crown_nothing_and_spend_no_test_evaluation(store, tmp_
         assert sorted(r.data.tags["seed"] for r in baseline) == ["0", "1"]  # confirmed from its config, beside the best
     else:  # every trial's loss became NaN: failures, recorded with their reason
         assert all("loss became" in r.data.tags.get("failure_reason", "") for r in runs_of("diverging-optuna"))
+
+
+@pytest.mark.slow  # about a minute: a sweep that runs until its time budget; `make test-all` runs it
+def test_a_sweep_stops_at_its_time_budget_and_says_so(store):
+    """No trial starts unless it and the confirmation fit in budget.timeout; the sweep then confirms,
+    and says the time budget stopped it (not the trial budget, which is far away)."""
+    timeout = 40
+    out = subprocess.run(sweep_cmd("--n-trials", "1000", "--timeout", str(timeout), "data.train_size=500", "data.validation_size=200"),
+                         env=os.environ | {"CI": "true"}, capture_output=True, text=True, timeout=600)
+    said = out.stdout + out.stderr
+    assert out.returncode == 0 and "Traceback" not in out.stderr, said[-3000:]
+    study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
+    done = finished(study)
+    assert 1 <= len(done) < 1000
+    assert f"stopped: the time budget ({timeout} s) has room only for the confirmation, after {len(done)} finished trials" in said
+    # Every trial started inside the budget, counted from the study's run (the sweep's start).
+    [parent] = runs_of("smoke-optuna", "study")
+    began = parent.info.start_time / 1000
+    assert all(t.datetime_start.timestamp() < began + timeout for t in study.trials), [t.datetime_start for t in study.trials]
+    assert runs_of("smoke-optuna", "confirm")  # and it went on to its confirmation

@@ -4,7 +4,6 @@ PostgreSQL server for Optuna and a real MLflow tracking server, both on 127.0.0.
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,6 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from browser import free_port
 from conftest import REPO, crownable_smoke
 from test_sweep import assert_one_run_per_trial, finished, runs_of
 
@@ -22,12 +22,6 @@ PASSWORD = "planted-pw-8086"  # must never reach a run, a tag, an artifact or th
 # Credentials in the environment, as CI systems and shells hold them: none may reach the store either.
 PLANTED_ENV = {"MNIST_LAB_API_TOKEN": "planted-token-4242", "AWS_SECRET_ACCESS_KEY": "planted-key-1729",
                "DB_PASSWORD": PASSWORD}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_postgres(cmd):
