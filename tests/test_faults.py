@@ -93,9 +93,13 @@ def test_a_tracking_server_that_dies_mid_study_stops_it_in_seconds_and_the_study
 
 def test_a_postgresql_storage_that_stops_mid_trial_stops_the_study_in_seconds(store, postgres_server):  # noqa: F811
     storage = f"{postgres_server.url}/optuna"
+    # One connection pool for every poll: a storage made per poll (every 50 ms) leaves its connections to
+    # the garbage collector, and the server's 100 clients ran out, the sweep's own included.
+    watcher = optuna.storages.RDBStorage(storage)  # made before the sweep starts: no race to create the schema
     proc = sweep("--n-trials", "3", "--storage", storage, *LONGER)
     assert poll(lambda: any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values
-                            for t in optuna.load_study(study_name="smoke-optuna", storage=storage).trials), 240)
+                            for t in optuna.load_study(study_name="smoke-optuna", storage=watcher).trials), 240)
+    watcher.engine.dispose()
     postgres_server.stop()
     code, err = ends_in_one_paragraph(proc, within=60)
     assert code == 2 and "the database does not answer" in err and "planted-pw" not in err, err[-2000:]
