@@ -90,8 +90,9 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     # 3. While artifacts are written: the running trial's plots are on disk, its run not yet ended.
     proc = start()
 
-    def writing():
-        running = [t for t in trials(store) if t.state == RUNNING and "mlflow_run_id" in t.user_attrs]
+    def writing():  # a trial of this process: kill 2's, left RUNNING, may have plots of its own already
+        running = [t for t in trials(store) if t.state == RUNNING and "mlflow_run_id" in t.user_attrs
+                   and t.number not in cut]
         return [t for t in running if artifacts_of(store, t.user_attrs["mlflow_run_id"])]
 
     assert poll(writing)
@@ -99,7 +100,7 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     landed = writing()
     tracking.setup()
     assert len(landed) == 1 and MlflowClient().get_run(landed[0].user_attrs["mlflow_run_id"]).info.status == "RUNNING"
-    cut += running_now()
+    cut += [n for n in running_now() if n not in cut]
     with_runs.append(landed[0].number)
 
     # 4. Between trials: the moment a trial has completed.
@@ -108,7 +109,7 @@ def test_five_sigkills_at_different_points_lose_nothing(bare_store):
     assert poll(lambda: len([t for t in trials(store) if t.state == COMPLETE]) > done)
     kill(proc)
     assert len([t for t in trials(store) if t.state == COMPLETE]) > done
-    cut += running_now()  # the next trial, if it had started
+    cut += [n for n in running_now() if n not in cut]  # the next trial, if it had started
 
     # 5. During the confirmation stage: a confirmation seed is training.
     proc = start()
