@@ -50,6 +50,9 @@ def provenance_tags() -> dict[str, str]:
         "keras_version": keras.__version__,
         "cpu_model": cpu_model(),
         "cpu_count": str(os.cpu_count()),
+        # What this process trains with: set to cores / N in each of N sweep workers (0 is TensorFlow's
+        # default, one thread per core it may run on).
+        "tensorflow_threads": str(tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))),
         "python_version": platform.python_version(),
     }
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -103,11 +104,14 @@ def test_four_local_workers_share_one_sqlite_study(store):
     # Off a terminal (output captured, as in CI or a log file) the live display draws nothing: lines only.
     assert "\x1b" not in out.stdout + out.stderr
     study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
-    assert len(finished(study)) == 5 and not [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE
-                                              and not t.user_attrs.get("surplus")]
+    others = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials
+              if t.state != optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("surplus")]
+    assert len(finished(study)) == 5 and not others, (others, out.stderr[-3000:])
     runs = assert_one_run_per_trial("smoke-optuna", study)  # no trial run twice, none lost
     assert len(runs) == len([t for t in study.trials if "mlflow_run_id" in t.user_attrs]) == 5  # the counts agree
     assert len({r.data.tags["worker"] for r in runs}) >= 3  # the workers shared the trials
+    # each worker trained with TensorFlow's pool sized to its share of the cores
+    assert {r.data.tags["tensorflow_threads"] for r in runs} == {str(max(1, os.cpu_count() // 4))}
 
 
 @pytest.mark.parametrize(
@@ -173,7 +177,7 @@ def test_impossible_and_diverging_trials_are_recorded_as_failed_and_the_sweep_go
     assert runs_of("risky-optuna", "study")[0].data.tags["trials"].endswith(f"{len(study.trials) - 2} failed, 0 lost to kills")
 
 
-def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_smoke_studies, monkeypatch, capsys):
+def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_smoke_studies, monkeypatch, capsys, tmp_path):
     # The same space, both engines, default study names: two studies that never mix.
     store = in_smoke_studies
     tracking.setup()  # before MlflowClient(), which binds to the store set at that moment
@@ -220,6 +224,21 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
         assert f"study smoke-{engine}: its MLflow run" in err and f"not in the tracking store sqlite:///{store / 'other.db'}" in err
         assert f"(it logged to sqlite:///{store / 'mlruns' / 'mlflow.db'})" in err and "--study NAME" in err
     assert not runs_of("smoke-optuna") and not runs_of("smoke-keras-tuner")  # nothing logged in the other store
+
+    # The default store again, in a copy of this folder without mlruns/mlflow.db (the runs wiped, the
+    # search state kept; a copy, since other tests share these studies): refused the same way.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    wiped = tmp_path / "wiped"
+    shutil.copytree(store, wiped, ignore=shutil.ignore_patterns("mlflow.db", "artifacts", "other.db"))
+    monkeypatch.chdir(wiped)
+    capsys.readouterr()
+    for engine in ("optuna", "keras-tuner"):
+        assert main(["sweep", str(wiped / "smoke.yaml"), "--n-trials", "4", "--engine", engine]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"study smoke-{engine}: its MLflow run" in err and "mlruns/mlflow.db" in err and "switched or wiped" in err
+    assert not runs_of("smoke-optuna") and not runs_of("smoke-keras-tuner")
+    assert len(load(f"sqlite:///{wiped / 'mlruns' / 'optuna.db'}", "smoke-optuna").trials) == 3  # the search state untouched
 
 
 def test_multi_objective_study_with_nsga2_reports_a_pareto_front(store, tmp_path, capsys):

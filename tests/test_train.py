@@ -1,5 +1,6 @@
 """Tracked training end to end: the real CLI, a real MLflow store, real MNIST digits."""
 
+import os
 import re
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_train_logs_params_curves_tags_and_artifacts(bare_store):
     assert tags["command"] == " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # this process's command line
     assert (tags["tensorflow_version"], tags["keras_version"]) == (tf.__version__, keras.__version__)
     assert tags["cpu_model"] in Path("/proc/cpuinfo").read_text()
+    assert tags["tensorflow_threads"] == str(len(os.sched_getaffinity(0)))  # one process: TensorFlow's default, every core
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")
     } | {a.path for a in client.list_artifacts(run.info.run_id, "environment")}
