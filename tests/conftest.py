@@ -128,6 +128,7 @@ def save_png(array: np.ndarray, path: Path, mode: str = "L") -> Path:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the marks to group the tests
 def pytest_collection_modifyitems(items):
     # `make test` runs `pytest -n 2 --dist loadgroup`: most tests wait on the subprocesses they start,
     # so two workers halve the wall time. A session or module fixture is built once per worker
