@@ -7,6 +7,7 @@ CONFIG ?= experiments/baseline.yaml
 SPACE ?= experiments/sweep.yaml
 TRIALS ?=
 WORKERS ?= 1
+SEED ?=
 ENGINE ?= optuna
 STUDY ?=
 TOP ?= 3
@@ -38,8 +39,8 @@ $(VENV)/.installed: pyproject.toml
 train: setup ## train CONFIG (default: the baseline) and track it in MLflow
 	$(BIN)/mnist-lab train $(CONFIG) $(ARGS)
 
-sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optuna|keras-tuner
-	$(BIN)/mnist-lab sweep $(SPACE) --workers $(WORKERS) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(ARGS)
+sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optuna|keras-tuner SEED=N (the sampler's)
+	$(BIN)/mnist-lab sweep $(SPACE) --workers $(WORKERS) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(if $(SEED),--seed $(SEED)) $(ARGS)
 
 report: setup ## write reports/<study>/index.html for STUDY (default: the latest study)
 	$(BIN)/mnist-lab report $(if $(STUDY),--study $(STUDY)) $(ARGS)

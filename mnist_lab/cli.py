@@ -101,7 +101,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     summary = run(SweepRequest(
         space_path=args.space, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers, study=args.study,
-        storage=args.storage, engine=args.engine, overrides=args.overrides, data_dir=args.data_dir,
+        storage=args.storage, engine=args.engine, overrides=args.overrides, data_dir=args.data_dir, seed=args.seed,
     ))
     verdict, test = summary.get("verdict"), summary.get("test")
     if summary.get("failed"):  # stopped short of its budget: said why on stderr already
@@ -220,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should have (default: the space's budget)")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    p.add_argument("--seed", type=int, metavar="N", help="the sampler's seed (default: the space's, 0); another seed is "
+                   "a study of its own (name ending -seedN), and a study keeps the seed it started with")
     p.add_argument("--study", metavar="NAME", help="study name (default: the space file's name)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///mlruns/optuna.db; postgresql://... for many machines)")
     p.add_argument("--engine", choices=["optuna", "keras-tuner"], default="optuna")

@@ -129,3 +129,14 @@ def test_optuna_suggests_and_keras_tuner_declares_exactly_the_space(tmp_path):
     assert declared["model.dropout"]["sampling"] == "linear"
     log_int = load(tmp_path, "params: {model.dense.0: {low: 16, high: 1024, log: true}}\n").space
     assert sp.distributions(log_int)["model.dense.0"] == IntDistribution(16, 1024, log=True)
+
+
+def test_a_seed_from_the_command_line_replaces_the_file_s_and_a_negative_one_is_refused(tmp_path):
+    smoke = REPO / "experiments" / "smoke.yaml"
+    assert sp.load_space(smoke).space.seed == 0 and sp.load_space(smoke, seed=3).space.seed == 3
+    with pytest.raises(ConfigError, match=r"^--seed -1: must be 0 or more$"):
+        sp.load_space(smoke, seed=-1)
+    negative = tmp_path / "negative.yaml"
+    negative.write_text(smoke.read_text().replace("base: baseline.yaml", f"base: {REPO / 'experiments' / 'baseline.yaml'}") + "seed: -2\n")
+    with pytest.raises(ConfigError, match=r"negative.yaml: seed: "):
+        sp.load_space(negative)

@@ -64,6 +64,7 @@ def test_smoke_sweep_logs_a_parent_and_nested_trials_and_crowns_a_champion(store
     for tag in ("space_file", "space", "engine", "sampler", "pruner", "git_commit", "objective"):
         assert parent.data.tags.get(tag), tag
     assert parent.data.tags["sampler"] == "random" and parent.info.status == "FINISHED"
+    assert parent.data.tags["sampler_seed"] == "0" and study.user_attrs["sampler_seed"] == 0  # the space's seed, recorded
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
         assert run.data.params["data.train_size"] == "1000"
@@ -457,3 +458,25 @@ def test_a_sweep_stops_at_its_time_budget_and_says_so(store):
     began = parent.info.start_time / 1000
     assert all(t.datetime_start.timestamp() < began + timeout for t in study.trials), [t.datetime_start for t in study.trials]
     assert runs_of("smoke-optuna", "confirm")  # and it went on to its confirmation
+
+
+def test_another_sampler_seed_draws_other_trials_in_a_study_of_its_own_and_a_study_keeps_its_seed(store, capsys):
+    from mnist_lab.sweep.optuna_study import make_sampler
+
+    def first_draws(seed):
+        study = optuna.create_study(sampler=make_sampler(load_space(SMOKE, seed=seed)))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_draws(0) == first_draws(0) and first_draws(1) != first_draws(0)
+    # `--seed 1` (the file says 0) is a study of its own, smoke-optuna-seed1; `--seed 0` is the file's
+    # own study. A study is continued only with the seed it started with: here both were started (by
+    # hand) with seed 5, so both commands are refused, before any trial, in one line naming the study.
+    storage = f"sqlite:///{store / 'mlruns' / 'optuna.db'}"
+    for name in ("smoke-optuna-seed1", "smoke-optuna"):
+        optuna.create_study(study_name=name, storage=storage, direction="maximize").set_user_attr("sampler_seed", 5)
+    for seed, name in (("1", "smoke-optuna-seed1"), ("0", "smoke-optuna")):
+        assert main(["sweep", SMOKE, "--seed", seed]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"mnist-lab sweep: error: study '{name}' was started with sampler seed 5, and this command asks for "
+                       f"{seed}; resume it with --seed 5, or pick another --study name"), err
+        assert not load(storage, name).trials

@@ -35,11 +35,12 @@ class SweepRequest:
     engine: str = "optuna"
     overrides: list[str] = field(default_factory=list)
     data_dir: str | None = None
+    seed: int | None = None  # the sampler's; None: the space file's
 
 
 def run(request: SweepRequest) -> dict[str, Any]:
     """Validate everything, run the study, crown the champion; returns a summary."""
-    space = load_space(request.space_path, request.n_trials, request.timeout)
+    space = load_space(request.space_path, request.n_trials, request.timeout, request.seed)
     overrides = parse_overrides(request.overrides)
     base = space.config_for({}, overrides)  # a bad override fails here, before any trial
     if request.workers < 1:
@@ -55,9 +56,11 @@ def run(request: SweepRequest) -> dict[str, Any]:
     data.load_split(base.data, request.data_dir)
     # The engine is in the default name: `make sweep ENGINE=keras-tuner` after `make sweep` starts
     # its own study instead of mixing its trials, counts and champion into Optuna's.
+    # So does a sampler seed other than the file's: `make sweep SEED=1` is a search of its own.
     # A name given with --study must be a safe folder name; one made from the file name is made safe.
+    other_seed = f"-seed{request.seed}" if request.seed is not None and request.seed != load_space(request.space_path).space.seed else ""
     name = (tracking.check_study_name(request.study) if request.study
-            else re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(request.space_path).stem}-{request.engine}").strip(".-"))
+            else re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(request.space_path).stem}-{request.engine}{other_seed}").strip(".-"))
     setup = StudySetup(name, space, overrides, base, request.data_dir, tracking.setup())
     if request.engine == "keras-tuner":
         import_tensorflow()

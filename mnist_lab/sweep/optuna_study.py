@@ -96,11 +96,18 @@ def open_study(setup: StudySetup, storage_url: str, worker: int = 0):
         study = optuna.create_study(study_name=setup.name, storage=storage, sampler=make_sampler(space, worker),
                                     pruner=pruner, directions=directions)
         study.set_user_attr("created_by", tracking.worker_id())  # a start killed before making the study's run is not waited for
+        study.set_user_attr("sampler_seed", space.space.seed)
         # Optuna Dashboard shows these instead of "Objective 0".
         study.set_metric_names([o.metric for o in space.space.objective])
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=setup.name, storage=storage, pruner=pruner)
+    started_with = study.user_attrs.get("sampler_seed", space.space.seed)  # studies from before the attribute: any
+    if started_with != space.space.seed:
+        # Its trials so far were drawn from one seed's sequence; another seed's draws after them would
+        # make a study that no single seed reproduces.
+        raise MnistLabError(f"study '{setup.name}' was started with sampler seed {started_with}, and this command asks for "
+                            f"{space.space.seed}; resume it with --seed {started_with}, or pick another --study name")
     study.sampler = make_sampler(space, worker, len(study.get_trials(deepcopy=False)))
     if [d.name.lower() for d in study.directions] != directions:
         raise MnistLabError(

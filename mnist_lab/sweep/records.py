@@ -77,7 +77,8 @@ def create_parent_run(study: StudySetup, engine: str, search_state: str, sampler
         run_name=study.name,
         tags={
             "mnist_lab.kind": "study", "study": study.name, "space_file": str(study.space.path),
-            "space": study.space.text[:5000], "engine": engine, "sampler": sampler or s.sampler, "pruner": s.pruner,
+            "space": study.space.text[:5000], "engine": engine, "sampler": sampler or s.sampler,
+            "sampler_seed": str(s.seed), "pruner": s.pruner,
             "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials),
             "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
             "tracking_uri": tracking.redact(tracking.current_uri()), "worker": tracking.worker_id(),

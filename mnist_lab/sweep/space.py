@@ -117,7 +117,7 @@ class Space(_Strict):
     tuner: Literal["random", "bayesian", "hyperband"] | None = None  # the KerasTuner algorithm (engine keras-tuner)
     budget: Budget = Budget()
     confirm: Confirm = Confirm()
-    seed: int | None = 0  # the sampler's seed, so a study can be repeated
+    seed: int | None = Field(0, ge=0)  # the sampler's seed, so a study can be repeated (--seed overrides it)
     params: dict[str, IntParam | FloatParam | ChoiceParam] = Field(min_length=1)
 
     @field_validator("objective", mode="before")
@@ -192,7 +192,8 @@ class LoadedSpace:
         return out
 
 
-def load_space(path: str | Path, n_trials: int | None = None, timeout: float | None = None) -> LoadedSpace:
+def load_space(path: str | Path, n_trials: int | None = None, timeout: float | None = None,
+               seed: int | None = None) -> LoadedSpace:
     path = Path(path)
     raw = read_yaml(path)
     try:
@@ -231,6 +232,10 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
             loc, what, first = first_error(e)
             raise ConfigError(f"--{loc.replace('_', '-')} {first['input']}: {what.lower()}") from None
         space = space.model_copy(update={"budget": budget})
+    if seed is not None:
+        if seed < 0:
+            raise ConfigError(f"--seed {seed}: must be 0 or more")
+        space = space.model_copy(update={"seed": seed})
     return LoadedSpace(path, space, base_diff, path.read_text())
 
 
