@@ -174,3 +174,23 @@ def test_what_the_summary_and_leaderboard_say_when_a_study_recorded_little():
     bare = analysis.leaderboard(study_of([run("a", 0, "COMPLETE", 0.9)], space=space))
     assert bare.dropout.tolist() == [""] and bare.params.tolist() == [""] and list(bare.columns)[-1] == "test_accuracy"
     assert analysis.leaderboard(study_of([run(f"r{i}", i, "COMPLETE", 0.9) for i in range(12)], space=space)).shape[0] == 10
+
+
+def test_an_edge_is_the_outer_5_percent_of_the_range_as_its_axis_draws_it():
+    space = Space.model_validate({"params": {"train.epochs": {"low": 10, "high": 30},
+                                             "train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                                             "model.dropout": {"low": 0.2, "high": 0.2},
+                                             "model.dense.0": {"choices": [128, 256, 512]}}})
+
+    def edges(key, value):
+        return analysis.edge_warnings(study_of([], space=space), pd.Series({f"params.{key}": value}))
+    # 5% of [10, 30] is one epoch: 11 and 29 are at the edge, 12 and 28 are not
+    assert edges("train.epochs", "11") == ["train.epochs = 11 is at the edge of [10, 30]: widen the range"]
+    assert edges("train.epochs", "29") == ["train.epochs = 29 is at the edge of [10, 30]: widen the range"]
+    assert edges("train.epochs", "12") == edges("train.epochs", "28") == []
+    # on a log scale 5e-4 lies a third of the way from 1e-4 to 1e-2 (log10: -3.3 of -4..-2); 1.2e-4 and 9.5e-3 are at its ends
+    assert edges("train.learning_rate", "0.0005") == []
+    assert edges("train.learning_rate", "0.00012") == ["train.learning_rate = 0.00012 is at the edge of [0.0001, 0.01]: widen the range"]
+    assert edges("train.learning_rate", "0.0095") == ["train.learning_rate = 0.0095 is at the edge of [0.0001, 0.01]: widen the range"]
+    assert edges("model.dropout", "0.2") == []  # a range of one value has no edge to widen
+    assert edges("model.dense.0", "128") == ["model.dense.0 = 128 is at the edge of the choices [128, 256, 512]"]

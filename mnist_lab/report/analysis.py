@@ -32,8 +32,10 @@ def edge_warnings(study: Study, best: pd.Series) -> list[str]:
                 out.append(f"{key} = {value} is at the edge of the choices {p.choices}")
             continue
         value = float(value)
-        span = p.high - p.low
-        if span and (value - p.low <= 0.05 * span or p.high - value <= 0.05 * span):
+        # Measured along the axis as the plots draw it: a log range on a log scale, where a learning rate
+        # of 5e-4 in [1e-4, 1e-2] lies a third of the way along, not within 5% of the low end.
+        position = range_position(value, p)
+        if p.high > p.low and (position <= 0.05 or position >= 0.95):
             out.append(f"{key} = {value:g} is at the edge of [{p.low:g}, {p.high:g}]: widen the range")
     return out
 
