@@ -194,3 +194,93 @@ def test_an_edge_is_the_outer_5_percent_of_the_range_as_its_axis_draws_it():
     assert edges("train.learning_rate", "0.0095") == ["train.learning_rate = 0.0095 is at the edge of [0.0001, 0.01]: widen the range"]
     assert edges("model.dropout", "0.2") == []  # a range of one value has no edge to widen
     assert edges("model.dense.0", "128") == ["model.dense.0 = 128 is at the edge of the choices [128, 256, 512]"]
+
+
+def test_where_a_value_lies_in_a_range_that_does_not_start_at_zero_or_has_two_choices():
+    p = Space.model_validate({"params": {"model.dropout": {"low": 0.1, "high": 0.5}, "model.batch_norm": {"choices": [False, True]}}}).params
+    assert analysis.range_position("0.3", p["model.dropout"]) == pytest.approx(0.5)
+    assert analysis.range_position("True", p["model.batch_norm"]) == 1.0 and analysis.range_position(False, p["model.batch_norm"]) == 0.0
+
+
+def test_values_written_in_scientific_notation_or_as_long_integers():
+    assert [analysis.value_text(v) for v in ("2e3", "1e-4", 10_000, 9_999, "12345678901234567891")] == [
+        "2000", "0.0001", "10,000", "9999", "12,345,678,901,234,567,891"]  # integers stay exact, however long
+
+
+IMPORTANCE_SPACE = Space.model_validate({"params": {
+    "model.dense.0": {"choices": [128, 256, 512]}, "model.batch_norm": {"choices": [False, True]},
+    "model.conv_blocks.0.filters": {"low": 16, "high": 64, "step": 16}, "model.dropout": {"low": 0.0, "high": 0.5}}})
+
+
+def importance_rows(n, score):
+    """`n` complete trials over IMPORTANCE_SPACE, spread evenly, scored by `score(dense, batch_norm, filters, dropout)`."""
+    rows = []
+    for i in range(n):
+        values = ([128, 256, 512][i % 3], [False, True][i // 3 % 2], [16, 32, 48, 64][i % 4], 0.5 * ((7 * i) % n) / n)
+        rows.append(run(f"r{i}", i, "COMPLETE", score(*values), **{
+            f"params.{k}": str(v) for k, v in zip(IMPORTANCE_SPACE.params, values)}))
+    return rows
+
+
+def test_importances_read_choices_by_their_text_and_integers_as_integers():
+    # The width of the dense layer alone decides the score: MLflow's "512" must be read as the choice 512.
+    rows = importance_rows(24, lambda dense, bn, filters, dropout: 0.9 + dense / 10_000)
+    found = analysis.importances(study_of(rows, space=IMPORTANCE_SPACE))
+    assert set(found) == set(IMPORTANCE_SPACE.params) and max(found, key=found.get) == "model.dense.0"
+    found = analysis.importances(study_of(importance_rows(24, lambda dense, bn, filters, dropout: 0.9 + filters / 1000),
+                                          space=IMPORTANCE_SPACE))
+    assert max(found, key=found.get) == "model.conv_blocks.0.filters"
+    # A searched key no run logged (added to the space later) is left out, the others still analysed.
+    without = [{k: v for k, v in r.items() if k != "params.model.dense.0"} for r in rows]
+    assert set(analysis.importances(study_of(without, space=IMPORTANCE_SPACE))) == set(IMPORTANCE_SPACE.params) - {"model.dense.0"}
+
+
+def test_importances_need_four_complete_scored_trials_whatever_else_they_lack():
+    rows = importance_rows(6, lambda dense, bn, filters, dropout: 0.9 + dropout / 10)
+    rows[0]["metrics.test_accuracy"] = 0.97  # measured on one run only: the others' NaN does not drop them
+    rows[4]["metrics.val_accuracy"] = None  # complete but unscored: left out, leaving five
+    assert analysis.importances(study_of(rows[:5], space=IMPORTANCE_SPACE))  # four scored trials are enough
+    assert analysis.importances(study_of(rows[1:5], space=IMPORTANCE_SPACE)) == {}
+
+
+def test_importances_look_at_the_best_trials_in_the_study_s_direction():
+    # The highest scores are decided by dropout alone; the lowest by the number of filters alone.
+    def score(dense, bn, filters, dropout):
+        return dropout if dropout > 0.25 else -filters / 64
+    rows = importance_rows(40, score)
+    best_for = {maximize: analysis.importances(study_of(rows, space=IMPORTANCE_SPACE, maximize=maximize)) for maximize in (True, False)}
+    assert max(best_for[True], key=best_for[True].get) == "model.dropout"
+    assert max(best_for[False], key=best_for[False].get) == "model.conv_blocks.0.filters"
+
+
+def test_runs_outside_a_sweep_are_ranked_by_their_mlflow_status():
+    # Runs picked with --runs have no Optuna state: MLflow's FINISHED stands for it.
+    study = study_of([run("a", None, "FINISHED", 0.97), run("b", None, "FAILED", None), run("c", None, "FINISHED", 0.98)])
+    assert analysis.ranked(study).run_id.tolist() == ["c", "a"]
+
+
+def test_where_scores_were_made_when_a_run_recorded_no_cpu():
+    rows = [run("a", 0, "COMPLETE", 0.9, **{"params.precision": "float32", "tags.cpu_model": "EPYC"}),
+            run("b", 1, "COMPLETE", 0.9, **{"params.precision": "float32"})]
+    assert sorted(analysis.trained_in(study_of(rows))) == [("float32 on ?", 1), ("float32 on EPYC", 1)]
+
+
+def test_the_summary_reads_the_study_s_own_objective_and_space_folder():
+    tags = {"space_file": "studies/wide.yaml", "objective": "maximize val_accuracy"}
+    s = analysis.summarize(study_of(ROWS, tags=tags))
+    assert s["objective"] == "maximize val_accuracy"
+    assert s["reproduce"].startswith("mnist-lab train studies/baseline.yaml train.epochs=2 ")  # base is relative to the space file
+
+
+def test_failed_runs_without_a_reason_and_with_a_long_one():
+    long = "x" * 250 + "\nsecond line"
+    runs_ = pd.DataFrame({"state": ["FAIL", "FAIL", "FAIL"], "tags.failure_reason": [None, long, "loss diverged"]})
+    assert sorted(analysis.failure_reasons(runs_)) == [("loss diverged", 1), ("no reason recorded", 1), ("x" * 200, 1)]
+
+
+def test_the_leaderboard_of_a_top_level_key_and_of_odd_parameter_counts():
+    space = Space.model_validate({"params": {"precision": {"choices": ["float32", "mixed_bfloat16"]}}})
+    rows = [run("a", 0, "COMPLETE", 0.99, **{"params.precision": "mixed_bfloat16", "params.param_count": "1235001"}),
+            run("b", 1, "COMPLETE", 0.98, **{"params.precision": "float32", "params.param_count": "?"})]
+    table = analysis.leaderboard(study_of(rows, space=space))
+    assert table.precision.tolist() == ["mixed_bfloat16", "float32"] and table.params.tolist() == ["1.24M", ""]
