@@ -1,6 +1,7 @@
 """mnist_lab/report/analysis.py on its own: the summary, leaderboard, rankings, roles, warnings and
 value formatting, on a study made by hand (the page is tested in tests/test_report.py)."""
 
+import shlex
 from types import SimpleNamespace
 
 import numpy as np
@@ -133,7 +134,9 @@ def test_the_summary_of_a_study():
         None, None, None, "-", [], 0)
     lists = study_of([run("a", 0, "COMPLETE", 0.9, **{"params.model.dense.0": "[128, 64]"})], space=Space.model_validate(
         {"params": {"model.dense.0": {"choices": [128]}}}))
-    assert analysis.summarize(lists)["reproduce"] == "mnist-lab train  model.dense.0=[128,64]"
+    # quoted for a shell (unquoted, [128,64] is a glob pattern bash may expand), and split back as it was
+    assert analysis.summarize(lists)["reproduce"] == "mnist-lab train 'model.dense.0=[128,64]'"
+    assert shlex.split(analysis.summarize(lists)["reproduce"]) == ["mnist-lab", "train", "model.dense.0=[128,64]"]
 
 
 def test_importances_need_four_complete_trials_and_a_space():

@@ -6,6 +6,7 @@ Nothing here reads MLflow or draws; `figures` draws, `report` assembles the page
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,9 @@ def summarize(study: Study) -> dict[str, Any]:
     if best is not None and study.space is not None:
         values = {**study.space.fixed, **{k: best.get(f"params.{k}") for k in study.searched}}
         base = Path(tags.get("space_file", "experiments/x.yaml")).parent / (study.space.base or "")
-        reproduce = f"mnist-lab train {base if study.space.base else ''} " + " ".join(f"{k}={_yaml_value(v)}" for k, v in values.items())
+        # Quoted for a shell: a list value such as [128,64] would otherwise be a glob pattern.
+        reproduce = " ".join(["mnist-lab", "train", *([str(base)] if study.space.base else []),
+                              *(shlex.quote(f"{k}={_yaml_value(v)}") for k, v in values.items())])
     return {
         "study": study.name, "space_file": tags.get("space_file", "-"), "engine": tags.get("engine", "-"),
         "sampler": tags.get("sampler", "-"), "pruner": tags.get("pruner", "-"), "objective": tags.get("objective", study.objective),
