@@ -235,11 +235,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: {missing(path)}; experiments live in experiments/*.yaml")
     try:
-        content = yaml.safe_load(path.read_text())
+        # Bytes: YAML's reader decodes them (UTF-8, or UTF-16 by its BOM) and refuses a file that is not
+        # text (a model given by mistake) as a YAMLError, where read_text() raised UnicodeDecodeError.
+        content = yaml.safe_load(path.read_bytes())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        # The reader's error (a control character) has no `problem` and spans two lines: a message is one line.
+        problem = " ".join(str(getattr(e, "problem", e)).split())
+        raise ConfigError(f"{path}:{line} is not valid YAML ({problem})") from None
     if content is None:
         return {}
     if not isinstance(content, dict):

@@ -131,3 +131,51 @@ def test_shapes_steps_and_dotted_keys():
     diff = {"d": {"e": [1]}}
     merge(base, diff)["d"]["e"].append(2)
     assert base == {"a": {"b": [1, 2], "c": 1}} and diff == {"d": {"e": [1]}}  # neither input is changed
+
+
+def test_feature_map_sizes_floor_odd_maps_and_count_valid_convolutions_exactly():
+    # By hand, 'valid': 28 -5+1-> 24 (pool 1) -3+1-> 22 //2-> 11 -3+1-> 9 //2-> 4 (not 4.5: pooling floors).
+    c = load_config(None, ["model.conv_blocks=[{kernel_size: 5, pool_size: 1}, {kernel_size: 3}, {kernel_size: 3}]"])
+    sizes = c.model.feature_map_sizes()
+    assert sizes == [28, 24, 11, 4] and all(type(s) is int for s in sizes)
+
+
+def test_an_error_with_no_file_and_no_guilty_override_is_blamed_on_the_config():
+    from mnist_lab.config import build_config
+
+    # kernel 21 fits block 0 (28 -> 8, pooled to 4); it is block 1's default 5x5 kernel that no longer fits,
+    # a key no override set, so the message names the config (no file was given).
+    expected = "config: model.conv_blocks.1.kernel_size: 5 is larger than the 4x4 feature map it sees; use at most 4"
+    assert refusal(None, ["model.conv_blocks.0.kernel_size=21"]) == expected
+    with pytest.raises(ConfigError) as e:
+        build_config({}, {"model.conv_blocks.0.kernel_size": 21})
+    assert str(e.value) == expected
+
+
+def test_a_section_given_a_value_is_pydantic_s_error_not_a_crash():
+    from mnist_lab.config import build_config
+
+    with pytest.raises(ConfigError) as e:
+        build_config({"train": 5}, where="exp.yaml")
+    assert str(e.value) == "exp.yaml: train: Input should be a valid dictionary or instance of TrainConfig (got 5)"
+    with pytest.raises(ConfigError) as e:
+        build_config({"model": {"dropout": {"rate": 0.1}}}, where="exp.yaml")
+    assert str(e.value) == "exp.yaml: model.dropout: Input should be a valid number"
+
+
+def test_a_message_that_already_says_what_it_got_does_not_say_it_twice():
+    assert refusal(None, ["model.dropout=2"]) == "command line: model.dropout=2: must be in [0, 1), got 2.0"
+
+
+def test_a_file_yaml_cannot_read_at_all_is_refused_in_one_line(tmp_path):
+    # A control character stops YAML's reader before the parser: its error has no line mark and no `problem`.
+    bad = write(tmp_path, "a: \x01\n")
+    assert refusal(bad) == (f"{bad}: is not valid YAML (unacceptable character #x0001: special characters are not allowed "
+                            "in \"<byte string>\", position 3)")
+
+
+def test_a_file_that_is_not_text_is_refused_not_a_traceback(tmp_path):
+    binary = tmp_path / "model.keras"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe")  # a zip, as a saved Keras model is, given by mistake
+    assert refusal(binary) == (f"{binary}: is not valid YAML (unacceptable character #x00ff: invalid start byte "
+                               "in \"<byte string>\", position 4)")
