@@ -140,3 +140,31 @@ def test_a_seed_from_the_command_line_replaces_the_file_s_and_a_negative_one_is_
     negative.write_text(smoke.read_text().replace("base: baseline.yaml", f"base: {REPO / 'experiments' / 'baseline.yaml'}") + "seed: -2\n")
     with pytest.raises(ConfigError, match=r"negative.yaml: seed: "):
         sp.load_space(negative)
+
+
+@pytest.mark.parametrize("params, expected", [
+    ("[train.epochs]", "s.yaml: params: expected dotted keys, each with {low, high} or {choices}, got list"),
+    ("3", "s.yaml: params: expected dotted keys, each with {low, high} or {choices}, got int"),
+    ("{train.epochs: {low: 1, high: x}}", "s.yaml: params: train.epochs: high: Input should be a valid number, "
+                                          "unable to parse string as a number"),
+])
+def test_params_that_are_not_ranges_are_refused_in_one_line(tmp_path, params, expected):
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, f"params: {params}\n")
+    assert str(e.value) == f"{tmp_path}/{expected}"
+
+
+def test_a_trial_whose_values_break_a_key_they_did_not_set_is_blamed_on_the_space_file(tmp_path):
+    s = load(tmp_path, "params: {model.conv_blocks.0.kernel_size: {choices: [5, 21]}}\n")
+    # kernel 21 leaves block 0 a 4x4 map (28 -> 8, pooled): block 1's default 5x5 kernel no longer fits
+    what = "model.conv_blocks.1.kernel_size: 5 is larger than the 4x4 feature map it sees; use at most 4"
+    for values, overrides in (({"model.conv_blocks.0.kernel_size": 21}, None), ({}, {"model.conv_blocks.0.kernel_size": 21})):
+        with pytest.raises(ConfigError) as e:
+            s.config_for(values, overrides)
+        assert str(e.value) == f"{tmp_path / 's.yaml'}: {what}"
+
+
+def test_a_fixed_list_and_a_searched_entry_of_it_are_checked_each_against_the_config_s_own_keys(tmp_path):
+    # Checking `fixed`'s model.dense must leave the defaults whole for the check of params' model.dense.0.
+    s = load(tmp_path, "fixed: {model.dense: [128]}\nparams: {model.dense.0: {low: 16, high: 64}}\n")
+    assert s.config_for({"model.dense.0": 32}).model.dense == [32]

@@ -130,6 +130,8 @@ class Space(_Strict):
     @field_validator("params", mode="before")
     @classmethod
     def _params(cls, v):
+        if v is not None and not isinstance(v, dict):  # a list or a value: .items() below would be a traceback
+            raise ValueError(f"expected dotted keys, each with {{low, high}} or {{choices}}, got {type(v).__name__}")
         out = {}
         for key, spec in (v or {}).items():
             if not isinstance(spec, dict):
@@ -199,7 +201,8 @@ def load_space(path: str | Path, n_trials: int | None = None, timeout: float | N
     try:
         space = Space.model_validate(raw)
     except ValidationError as e:
-        loc, what, first = first_error(e, skip=("function-", "IntParam", "FloatParam", "ChoiceParam"))
+        # No union member's name reaches the location: _params validates each param itself.
+        loc, what, first = first_error(e)
         if first["type"] == "extra_forbidden":
             sections = (Space,) if len(first["loc"]) == 1 else (IntParam, FloatParam, ChoiceParam, Objective, Budget, Confirm)
             known = list(dict.fromkeys(key for section in sections for key in section.model_fields))
