@@ -161,3 +161,54 @@ def test_a_halt_keeps_the_first_fault_and_tells_a_signal_from_a_lost_store():
     lost.set("the disk is full")
     lost.set("the database does not answer")
     assert lost.is_set() and not lost.by_signal and lost.fault == "the disk is full"
+
+
+def test_failures_in_a_row_order_trials_by_when_they_ended_and_ignore_running_ones():
+    study = optuna.create_study(direction="maximize")
+    add(study, "FAIL", fail_reason="a", seconds=100, ended_ago=5)  # started first, ended last
+    add(study, "COMPLETE", 0.9, seconds=10, ended_ago=20)
+    assert budget.failures_in_a_row(study) == 1
+    add(study, "FAIL", fail_reason="b", ended_ago=3)
+    add(study, "RUNNING", seconds=1)  # started after every failure, but has not ended: it breaks no row
+    study.enqueue_trial({"train.epochs": 2})  # queued: no times at all
+    assert budget.failures_in_a_row(study) == 2
+
+
+def test_a_multi_objective_space_without_val_accuracy_ranks_its_front_by_the_first_objective(tmp_path):
+    space = space_of(tmp_path, "objective: [val_loss, param_count]\nsampler: nsga2\npruner: none\n"
+                               "params: {train.epochs: {low: 1, high: 3}}\n")
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for values in ([0.3, 100], [0.1, 300], [0.2, 200], [0.4, 400]):  # [0.4, 400] is dominated by all the others
+        add(study, "COMPLETE", values)
+    assert [t.values for t in budget.ranked(study, space)] == [[0.1, 300], [0.2, 200], [0.3, 100]]
+
+
+def test_a_trial_that_took_no_time_adds_no_confirmation_time(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    add(study, "COMPLETE", 0.99, seconds=0)  # no baseline in the space: 2 more seeds of it and 3 baseline seeds, of 0 s
+    assert budget.confirmation_seconds(study, space) == 0
+
+
+def test_failed_trials_do_not_set_the_guess_for_the_next_trial(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {n_trials: 40, timeout: 1000}\n"
+                               "confirm: {top: 1, seeds: 3, reserve: 0.05}\n")
+    study = optuna.create_study(direction="maximize")
+    add(study, "PRUNED", seconds=10)
+    for _ in range(3):
+        add(study, "FAIL", fail_reason="loss diverged", seconds=900)
+    add(study, "RUNNING", seconds=900)
+    # the next trial: 10 s (the one pruned trial); the reserve: 5% of 1000 s, more than the confirmation's 0 s
+    # (the pruned trial is no contender)
+    assert budget.search_time_left(study, space, time.time() + 10 + 50 + 5)
+    assert not budget.search_time_left(study, space, time.time() + 10 + 50 - 5)
+
+
+def test_failures_that_left_an_empty_reason_stop_the_search_without_quoting_one(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    add(study, "FAIL", fail_reason="")  # str() of an exception raised without a message
+    add(study, "FAIL", fail_reason="")
+    assert budget.why_stopped(study, space, None) == (
+        "stopped: 2 trials failed in a row, the limit budget.max_consecutive_failures; 0 of 4 trials finished. "
+        "Fix the space, or raise the limit, and run again to resume", False)

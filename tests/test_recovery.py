@@ -194,3 +194,15 @@ def test_a_worker_on_another_machine_that_falls_silent_is_retried_after_the_grac
     [queued] = [t for t in trials if t.state == TrialState.WAITING]
     assert queued.params == trials[number].params and recovery.retried_trial_number(queued) == number
     assert ended_killed(run_id, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+
+
+def test_retried_as_names_the_queued_retry_and_only_with_waiting_only_false_one_already_started(study):
+    study, storage = study
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    failed = recovery.fail_running(storage, "s", trial.number)
+    recovery.retry(study, failed, "its worker stopped mid-trial (killed or crashed); the configuration is retried")
+    (queued,) = study.get_trials(states=(TrialState.WAITING,))
+    assert recovery.retried_as(study, trial.number) == queued.number
+    assert study.ask().number == queued.number  # a worker takes the retry: it is no longer queued
+    assert recovery.retried_as(study, trial.number) is None
+    assert recovery.retried_as(study, trial.number, waiting_only=False) == queued.number

@@ -238,3 +238,17 @@ def test_a_bug_s_traceback_masks_a_store_s_password(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "http://alice:***@127.0.0.1:5055" in err
     assert "s3cr3t-pw" not in err
+
+
+def test_no_seeds_have_no_mean_and_numpy_is_not_asked_for_one():
+    """An empty sample's mean is NaN without NumPy's "Mean of empty slice" warning on the report's stderr."""
+    import warnings
+
+    import numpy as np
+
+    from mnist_lab.stats import mean_ci
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, half = mean_ci(np.array([]))
+    assert np.isnan(mean) and np.isnan(half)

@@ -85,7 +85,7 @@ def failures_in_a_row(study) -> int:
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ended = [t for t in study.get_trials(deepcopy=False, states=states)  # pragma: no mutate (a copy changes no value)
              if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and worker_lost(t))]
-    ended.sort(key=lambda t: (t.datetime_complete or t.datetime_start).timestamp() if (t.datetime_complete or t.datetime_start) else 0)
+    ended.sort(key=lambda t: t.datetime_complete)  # Optuna sets it on every finished trial (FrozenTrial._validate)
     n = 0
     for t in reversed(ended):
         if t.state != TrialState.FAIL:
