@@ -44,12 +44,12 @@ def missing(path: Path) -> str:
     return "no such file"
 
 
-def first_error(error: ValidationError, skip: tuple[str, ...] = ()) -> tuple[str, str, dict]:
+def first_error(error: ValidationError) -> tuple[str, str, dict]:
     """(dotted key, message, pydantic's error) of the error to show, for configs and space files alike.
     An unknown key comes first: a misspelt key also leaves the real one missing, and the misspelling
-    is the news. `skip`: pydantic's own location parts (union members), which no person wrote."""
+    is the news."""
     first = min(error.errors(), key=lambda err: err["type"] != "extra_forbidden")
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(skip))
+    loc = ".".join(str(p) for p in first["loc"])
     return loc, first["msg"].removeprefix("Value error, "), first
 
 
