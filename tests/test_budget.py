@@ -212,3 +212,13 @@ def test_failures_that_left_an_empty_reason_stop_the_search_without_quoting_one(
     assert budget.why_stopped(study, space, None) == (
         "stopped: 2 trials failed in a row, the limit budget.max_consecutive_failures; 0 of 4 trials finished. "
         "Fix the space, or raise the limit, and run again to resume", False)
+
+
+def test_the_stop_quotes_the_last_failure_of_the_space_not_an_interrupted_trial_s_reason(tmp_path):
+    space = space_of(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    add(study, "FAIL", fail_reason="loss became NaN at epoch 1")
+    add(study, "FAIL", fail_reason="kernel 7 is larger than the 4x4 feature map")
+    add(study, "FAIL", fail_reason="interrupted; runs again on resume", interrupted=True)  # a Ctrl-C'd trial, retried
+    said, done = budget.why_stopped(study, space, None)
+    assert not done and said.startswith("stopped: 2 trials failed in a row (the last: kernel 7 is larger than the 4x4 feature map), ")

@@ -166,8 +166,9 @@ def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool
                 f"after {c.finished} finished trials"), True
     in_a_row = failures_in_a_row(study)
     if in_a_row >= budget.max_consecutive_failures:
-        last = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason")), key=lambda t: t.number,
-                   default=None)
+        # The last of the space's own failures, not an interrupted trial's "runs again on resume".
+        last = max((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason") and not worker_lost(t)),
+                   key=lambda t: t.number, default=None)
         why = f" (the last: {last.user_attrs['fail_reason'][:200]})" if last else ""
         return (f"stopped: {in_a_row} trials failed in a row{why}, the limit budget.max_consecutive_failures; "
                 f"{c.finished} of {budget.n_trials} trials finished. Fix the space, or raise the limit, and run again to resume"), False

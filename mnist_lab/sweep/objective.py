@@ -198,7 +198,9 @@ class Objective:
         except Exception as e:
             if self.stop.by_signal:
                 raise  # a stop, not a failure: told apart in __call__
-            trial.set_user_attr("fail_reason", str(e)[:500])
+            # An exception raised without a message still says what failed (an empty reason would read as
+            # a worker that died).
+            trial.set_user_attr("fail_reason", str(e)[:500] or type(e).__name__)
             if watcher.run_id:
                 client.set_tag(watcher.run_id, "state", "FAIL")
                 client.update_run(watcher.run_id, name=trial_run_name(study.name, trial.number, "failed"))
