@@ -99,7 +99,7 @@ def test_gap_correlations_are_spearman_s_over_judged_runs_rounded_and_sorted_by_
     table = fits.gap_correlations(study, fits.fit_table(study))
     gaps = fits.fit_table(study).gap_last.to_numpy()
     expected = []
-    for key, x in (("model.dropout", dropout), ("train.batch_size", batch)):  # batch norm: one value, no correlation
+    for key, x in (("model.dropout", dropout), ("train.batch_size", batch)):  # batch norm: "True" is no number, nothing to rank
         rho, p = stats.spearmanr(x, gaps)
         expected.append({"hyperparameter": key, "Spearman rho with the gap": round(rho, 2), "p": round(p, 3), "runs": n})
     expected.sort(key=lambda r: r["p"])
@@ -109,3 +109,44 @@ def test_gap_correlations_are_spearman_s_over_judged_runs_rounded_and_sorted_by_
     few = study_of(table_runs.head(3), pd.concat(hists[:3], ignore_index=True))
     assert fits.gap_correlations(few, fits.fit_table(few)).empty
     assert fits.gap_correlations(study, fits.fit_table(study).assign(verdict="too short to tell")).empty
+
+
+def test_overfitting_by_validation_loss_alone_while_validation_accuracy_still_rises():
+    # Validation accuracy at its best in the last epoch, so only the loss rule can speak: after its
+    # minimum, validation loss rose in 2+ epochs in which training loss fell, and ended above the minimum.
+    def overfit_from(val_loss, loss):
+        n = len(val_loss)
+        h = history([0.80 + 0.01 * e for e in range(n)], val_loss, [0.85 + 0.02 * e for e in range(n)], loss)
+        return fits.fit_checks(h)["overfit_from"]
+
+    falling = [0.5, 0.4, 0.3, 0.2, 0.1]
+    assert overfit_from([0.6, 0.5, 0.4, 0.45, 0.5], falling) == 4  # minimum in epoch 3, rising in epochs 4 and 5
+    assert overfit_from([0.6, 0.4, 0.45, 0.5], falling[:4]) == 3  # minimum in epoch 2
+    assert overfit_from([0.6, 0.4, 0.45, 0.5, 0.4], falling) is None  # back down to its minimum: not above it
+    assert overfit_from([0.6, 0.5, 0.55, 0.45, 0.5], falling) is None  # one rise just before the minimum, one after
+    assert overfit_from([0.6, 0.5, 0.5, 0.55], falling[:4]) is None  # flat is not rising: one rise
+    assert overfit_from([0.6, 0.5, 0.4, 0.45, 0.5], [0.5, 0.4, 0.3, 0.3, 0.2]) is None  # training loss flat in one rise
+    # Training loss up in epoch 5 (though below epoch 3's): each epoch is compared with the one before.
+    assert overfit_from([0.6, 0.5, 0.4, 0.45, 0.5], [0.5, 0.4, 0.3, 0.2, 0.25]) is None
+
+
+def test_gap_correlations_need_four_runs_with_a_value_and_two_values():
+    # Five judged runs. Searched: a key no run recorded, dropout (one run without it: four left),
+    # batch size (two values), learning rate (one value: nothing to correlate).
+    gaps = [0.010, 0.014, 0.012, 0.020, 0.016]
+    dropout = ["0.1", "0.3", "0.2", None, "0.4"]
+    batch = ["64", "128", "64", "128", "128"]
+    hists = [history([0.95, 0.96, 0.97 - g], [0.2, 0.1, 0.05], [0.95, 0.97, 0.97], [0.3, 0.2, 0.1]).assign(run_id=f"r{i}")
+             for i, g in enumerate(gaps)]
+    table_runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(5)], "trial": range(5), "state": "COMPLETE",
+                               "params.model.dropout": dropout, "params.train.batch_size": batch, "params.train.learning_rate": "0.001"})
+    study = study_of(table_runs, pd.concat(hists, ignore_index=True),
+                     params=("model.dense.1", "model.dropout", "train.batch_size", "train.learning_rate"))
+    table = fits.gap_correlations(study, fits.fit_table(study))
+    last_gaps = [0.97 - (0.97 - g) for g in gaps]  # training minus validation accuracy in the last epoch
+    rho_d, p_d = stats.spearmanr([0.1, 0.3, 0.2, 0.4], [last_gaps[i] for i in (0, 1, 2, 4)])
+    rho_b, p_b = stats.spearmanr([64, 128, 64, 128, 128], last_gaps)
+    expected = sorted([{"hyperparameter": "model.dropout", "Spearman rho with the gap": round(rho_d, 2), "p": round(p_d, 3), "runs": 4},
+                       {"hyperparameter": "train.batch_size", "Spearman rho with the gap": round(rho_b, 2), "p": round(p_b, 3), "runs": 5}],
+                      key=lambda r: r["p"])
+    assert table.to_dict("records") == expected

@@ -113,3 +113,68 @@ def test_the_answer_against_two_incumbents_and_a_crown_that_moved_on():
     moved = seeds.answer(study_of({"trial 7": ("r7", 1, {1: 0.99})}, {"r7": (7, float("nan"), float("nan"), "0")},
                                   parent_tags={"confirmation": "trial 7 beats the baseline"}))
     assert moved.endswith("It was crowned, and mnist-cnn@champion has since moved on.")
+
+
+def confirm_rows(source, trial, rank, scores):
+    """A configuration's confirmation runs without a source_label tag (the label falls back to its trial)."""
+    return [{"status": "FINISHED", "tags.source_run_id": source, "tags.config_rank": str(rank), "tags.seed": str(seed),
+             "tags.source_trial": str(trial), "metrics.val_accuracy": v} for seed, v in scores.items()]
+
+
+def test_without_a_label_tag_a_configuration_is_named_by_its_trial_and_an_unrecorded_train_seed_is_seed_0():
+    confirm = pd.DataFrame(confirm_rows("r7", 7, 1, {1: 0.991}) + confirm_rows("r3", 3, 2, {1: 0.990, 2: 0.989}))
+    no_seed_param = pd.DataFrame({"run_id": ["r7"], "trial": [7], "state": ["COMPLETE"], "metrics.val_accuracy": [0.992]})
+    study = runs.Study(name="s", parent=None, space=None, objective="val_accuracy", maximize=True, runs=no_seed_param,
+                       history=runs._empty_history(), confirm=confirm)
+    c7, c3 = seeds.configurations(study)
+    assert (c7.label, c7.scores, c7.sweep_score) == ("trial 7", {0: 0.992, 1: 0.991}, 0.992)
+    assert (c3.label, c3.scores, c3.sweep_score) == ("trial 3", {1: 0.990, 2: 0.989}, None)
+    # The param recorded as missing (None, as MLflow's search gives it): seed 0 as well.
+    study.runs = no_seed_param.assign(**{"params.train.seed": [None]})
+    assert seeds.configurations(study)[0].scores == {0: 0.992, 1: 0.991}
+
+
+def test_the_confirmation_table_with_one_two_seed_configurations_and_a_champion_of_one_seed():
+    # The champion's run is not a trial of this study: no search score, one seed, no interval, no test.
+    t7, t3 = [0.9950, 0.9930], [0.9900, 0.9905]
+    study = study_of({"trial 7": ("r7", 1, {1: t7[1]}), "trial 3": ("r3", 2, {1: t3[1]}),
+                      "current champion (version 2)": ("rc", 3, {1: 0.9912})},
+                     {"r7": (7, t7[0], float("nan"), "0"), "r3": (3, t3[0], float("nan"), "0")})
+    table, tests, verdicts = seeds.confirmation(study)
+
+    def half(x):  # the 95% t-interval's half-width, one degree of freedom for two seeds
+        return stats.t.ppf(0.975, 1) * np.std(x, ddof=1) / np.sqrt(2)
+
+    assert table.to_dict("records") == [
+        {"configuration": "trial 7", "seeds": 2, "sweep val_accuracy": "0.9950", "val_accuracy": f"{np.mean(t7):.4f} ± {half(t7):.4f}"},
+        {"configuration": "trial 3", "seeds": 2, "sweep val_accuracy": "0.9900", "val_accuracy": f"{np.mean(t3):.4f} ± {half(t3):.4f}"},
+        {"configuration": "current champion (version 2)", "seeds": 1, "sweep val_accuracy": "", "val_accuracy": "0.9912"}]
+    # Only the two trials have two seeds each to test; the search and the seeds agree on their order.
+    assert tests.pair.tolist() == ["trial 7 vs trial 3"]
+    p = two_sided(t7, t3)[1]
+    assert p > 0.05 and verdicts == [f"trial 7 and trial 3 are tied within noise (two-sided p = {p:.2f}, 2 and 2 seeds)"]
+
+
+def test_a_rank_reversal_needs_a_higher_search_score_and_a_lower_seed_mean():
+    def reversals(seven, three):
+        study = study_of({"trial 7": ("r7", 1, {1: seven[1]}), "trial 3": ("r3", 2, {1: three[1]})},
+                         {"r7": (7, seven[0], float("nan"), "0"), "r3": (3, three[0], float("nan"), "0")})
+        return [v for v in seeds.confirmation(study)[2] if v.startswith("rank reversal")]
+
+    assert reversals([0.9950, 0.9900], [0.9950, 0.9960]) == []  # tied in the search
+    assert reversals([0.9950, 0.9900], [0.9900, 0.9950]) == []  # the same two scores: equal means
+    assert len(reversals([0.9950, 0.9900], [0.9940, 0.9960])) == 1
+
+
+def test_the_answer_when_two_seeds_beat_two_incumbents_of_two_seeds_each_and_it_was_crowned():
+    won, base, champ = [0.9950, 0.9960], [0.9800, 0.9810], [0.9850, 0.9860]
+    configs = {"trial 7": ("r7", 1, {1: won[1]}), "baseline": ("r0", 2, {1: base[0], 2: base[1]}),
+               "current champion (version 2)": ("rc", 3, {1: champ[0], 2: champ[1]})}
+    said = seeds.answer(study_of(configs, {"r7": (7, won[0], float("nan"), "0")}, champion={"version": "3", "source_run_id": "r7"}))
+    pb, pc = one_sided(won, base), one_sided(won, champ)
+    assert pb < 0.05 and pc < 0.05
+    assert said == (f"trial 7 beats the baseline by {100 * (np.mean(won) - np.mean(base)):+.2f} points of validation accuracy "
+                    f"({np.mean(won):.4f} against {np.mean(base):.4f}, means over 2 and 2 seeds; one-sided Welch p = {pb:.2g}) and "
+                    f"current champion (version 2) by {100 * (np.mean(won) - np.mean(champ)):+.2f} points of validation accuracy "
+                    f"({np.mean(won):.4f} against {np.mean(champ):.4f}, means over 2 and 2 seeds; one-sided Welch p = {pc:.2g}). "
+                    "It is mnist-cnn@champion (version 3).")
