@@ -93,13 +93,14 @@ def test_gap_correlations_are_spearman_s_over_judged_runs_rounded_and_sorted_by_
         gap = 0.01 + 0.02 * dropout[i] + 0.001 * rng.random()
         hists.append(history([0.95, 0.96, 0.97 - gap], [0.2, 0.1, 0.05], [0.95, 0.97, 0.97], [0.3, 0.2, 0.1]).assign(run_id=f"r{i}"))
         rows.append({"run_id": f"r{i}", "trial": i, "state": "COMPLETE", "params.model.dropout": dropout[i],
-                     "params.train.batch_size": str(int(batch[i])), "params.model.batch_norm": "True"})
+                     "params.train.batch_size": str(int(batch[i])), "params.model.batch_norm": str(i % 3 == 0)})
     table_runs = pd.DataFrame(rows)
     study = study_of(table_runs, pd.concat(hists, ignore_index=True))
     table = fits.gap_correlations(study, fits.fit_table(study))
     gaps = fits.fit_table(study).gap_last.to_numpy()
     expected = []
-    for key, x in (("model.dropout", dropout), ("train.batch_size", batch)):  # batch norm: "True" is no number, nothing to rank
+    # batch norm, logged by MLflow as "True"/"False", is ranked as 1/0
+    for key, x in (("model.dropout", dropout), ("train.batch_size", batch), ("model.batch_norm", [float(i % 3 == 0) for i in range(n)])):
         rho, p = stats.spearmanr(x, gaps)
         expected.append({"hyperparameter": key, "Spearman rho with the gap": round(rho, 2), "p": round(p, 3), "runs": n})
     expected.sort(key=lambda r: r["p"])

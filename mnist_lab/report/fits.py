@@ -95,7 +95,8 @@ def gap_correlations(study: Study, fits: pd.DataFrame) -> pd.DataFrame:
     for key in study.searched:
         if f"params.{key}" not in merged:
             continue
-        x = pd.to_numeric(merged[f"params.{key}"], errors="coerce")
+        # MLflow logs a boolean as "True"/"False": ranked as 1/0, so batch norm gets its correlation too.
+        x = pd.to_numeric(merged[f"params.{key}"].replace({"True": 1, "False": 0}), errors="coerce")
         ok = x.notna() & merged.gap_last.notna()
         if ok.sum() >= 4 and x[ok].nunique() > 1:
             rho, p = stats.spearmanr(x[ok], merged.gap_last[ok])
