@@ -134,6 +134,7 @@ def test_optuna_suggests_and_keras_tuner_declares_exactly_the_space(tmp_path):
 def test_a_seed_from_the_command_line_replaces_the_file_s_and_a_negative_one_is_refused(tmp_path):
     smoke = REPO / "experiments" / "smoke.yaml"
     assert sp.load_space(smoke).space.seed == 0 and sp.load_space(smoke, seed=3).space.seed == 3
+    assert sp.load_space(smoke, seed=0).space.seed == 0  # 0 is a seed like any other
     with pytest.raises(ConfigError, match=r"^--seed -1: must be 0 or more$"):
         sp.load_space(smoke, seed=-1)
     negative = tmp_path / "negative.yaml"
