@@ -123,6 +123,9 @@ def test_four_local_workers_share_one_sqlite_study(store):
         ("params: {model.dropout: {low: 0.5, high: 0.1}}", "params: model.dropout: low (0.5) > high (0.1)"),
         ("params: {train.batch_size: {choices: []}}", "params: train.batch_size: choices: List should have at least 1 item"),
         ("params: {train.epochs: {low: 1, hihg: 3}}", "params: train.epochs: unknown key 'hihg' (allowed: low, high, step, log)"),
+        # a step of 0 would fail every trial inside Optuna, not here
+        ("params: {train.epochs: {low: 1, high: 3, step: 0}}", "params: train.epochs: step: Input should be greater than 0"),
+        ("params: {model.dropout: {low: 0.1, high: 0.5, step: -0.1}}", "params: model.dropout: step: Input should be greater than 0"),
         ("params: {train.epochs: {low: 1, high: 3}}\nsampler: bayes", "sampler"),
         ("params: {train.epochs: {low: 1, high: 3}}\nbudgt: {n_trials: 3}", "unknown key 'budgt' (did you mean 'budget'?)"),
         ("params: {train.epochs: {low: 1, high: 3}}\nfixed: {train.epochs: 0}", "train.epochs"),

@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 class IntParam(_Strict):
     low: int
     high: int
-    step: int = 1
+    step: int = Field(1, gt=0)  # 0 would make Optuna fail every trial, not the space file
     log: bool = False
 
     @model_validator(mode="after")
@@ -61,7 +61,7 @@ class IntParam(_Strict):
 class FloatParam(_Strict):
     low: float
     high: float
-    step: float | None = None
+    step: float | None = Field(None, gt=0)
     log: bool = False
 
     @model_validator(mode="after")
