@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from conftest import as_in_a_terminal
+
 # Without the background-networking flags Chromium keeps trying to reach Google's hosts,
 # which this machine's closed network refuses.
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -131,7 +133,7 @@ def read_lines(stream, n: int, timeout: float = 60) -> list[str]:
 def serve(command: list[str], ready_url: str, timeout: float = 120, env: dict | None = None):
     """Run a server until the block ends; yields (process, its first stdout lines so far)."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=env)
+                            env=env, preexec_fn=as_in_a_terminal)
     try:
         deadline = time.time() + timeout
         while True:

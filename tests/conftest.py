@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.train_size=2000", "data.validation_size=500", "train.epochs=1"]
 
 
+def as_in_a_terminal() -> None:
+    """`preexec_fn` for a process the test will signal as a terminal would (Ctrl-C, a closed window):
+    SIGINT and SIGHUP back to their defaults. A shell script's background job (`&`, as CI may start
+    one) inherits SIGINT ignored and `nohup` SIGHUP, and Python then never sees them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     folder = os.environ.get("MNIST_LAB_DATA") or REPO.parent / "shared" / "data" / "mnist"

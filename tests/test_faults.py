@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from browser import free_port, serve
-from conftest import REPO
+from conftest import REPO, as_in_a_terminal
 from test_reliability import ENV, poll, trials
 from test_sweep import SMOKE, finished, load, runs_of
 from test_sweep_postgres import postgres_server  # noqa: F401 (a fixture)
@@ -27,7 +27,7 @@ LONGER = ["data.train_size=3000", "train.epochs=3"]
 
 def sweep(*args, env=None, **kw):
     return subprocess.Popen([MNIST_LAB, "sweep", SMOKE, *args], env=os.environ | ENV | (env or {}), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, **{"preexec_fn": as_in_a_terminal} | kw)
 
 
 def ends_in_one_paragraph(proc, within: float):

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_lab import tracking
+from conftest import as_in_a_terminal
 from test_sweep import SMOKE, finished, load, runs_of, sweep_cmd
 
 COMPLETE, PRUNED, FAIL, RUNNING, WAITING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -48,10 +49,8 @@ def trials(store):
 
 
 def start(*args):
-    # SIGINT back to its default, as in a terminal: a shell script's background job (CI started with
-    # `&`, nohup) inherits it ignored, and Python then installs no Ctrl-C handler at all.
     return subprocess.Popen(sweep_cmd("--n-trials", "3", *args), env=os.environ | ENV, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            preexec_fn=as_in_a_terminal,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
