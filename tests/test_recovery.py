@@ -206,3 +206,28 @@ def test_retried_as_names_the_queued_retry_and_only_with_waiting_only_false_one_
     assert study.ask().number == queued.number  # a worker takes the retry: it is no longer queued
     assert recovery.retried_as(study, trial.number) is None
     assert recovery.retried_as(study, trial.number, waiting_only=False) == queued.number
+
+
+def test_unlocked_waits_out_a_write_lock_that_optuna_reports_as_its_own_error(store):
+    """Right after Ctrl-C a stopping worker may hold SQLite's write lock; Optuna's RDB storage reports the
+    failed commit as StorageInternalError, "database is locked" only in its cause (a clean-clone
+    `make test` once ended a Ctrl-C'd sweep with that traceback instead of its one line)."""
+    import sqlite3
+    import threading
+    import time
+
+    db = store / "locked.db"
+    # A 0.2 s busy wait instead of SQLite's 5 s, so the lock below outlasts it.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 0.2}})
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = study.ask()._trial_id
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's write, in progress
+    with pytest.raises(optuna.exceptions.StorageInternalError) as e:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    assert "database is locked" not in str(e.value) and recovery.locked(e.value)  # only its cause says so
+    threading.Timer(1.0, lambda: holder.execute("COMMIT")).start()
+    started = time.time()
+    assert recovery.unlocked(storage.set_trial_state_values, trial_id, TrialState.FAIL)
+    assert 0.9 < time.time() - started < 10 and storage.get_trial(trial_id).state == TrialState.FAIL
+    holder.close()

@@ -97,9 +97,19 @@ def unlocked(call, *args, attempts: int = 20):
         try:
             return call(*args)
         except Exception as e:
-            if "database is locked" not in str(e) or attempt == attempts - 1:
+            if not locked(e) or attempt == attempts - 1:
                 raise
             time.sleep(0.5)
+
+
+def locked(error: BaseException | None) -> bool:
+    """SQLite's "database is locked", in the error or its causes: Optuna's RDB storage reports a failed
+    commit as its own StorageInternalError, with SQLite's error only as the cause."""
+    while error is not None:
+        if "database is locked" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def trial_id_of(storage, study_name: str, number: int) -> int:
