@@ -16,6 +16,7 @@ import sys
 import time
 
 from mnist_lab import tracking
+from mnist_lab.errors import causes
 from mnist_lab.sweep.records import end_killed
 
 HEARTBEAT_SECONDS = int(os.environ.get("MNIST_LAB_HEARTBEAT_SECONDS", 10))  # a live trial writes this often
@@ -105,11 +106,7 @@ def unlocked(call, *args, attempts: int = 20):
 def locked(error: BaseException | None) -> bool:
     """SQLite's "database is locked", in the error or its causes: Optuna's RDB storage reports a failed
     commit as its own StorageInternalError, with SQLite's error only as the cause."""
-    while error is not None:
-        if "database is locked" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any("database is locked" in str(e) for e in causes(error))
 
 
 def trial_id_of(storage, study_name: str, number: int) -> int:
