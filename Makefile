@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONFIG ?= experiments/baseline.yaml
 SPACE ?= experiments/sweep.yaml
 TRIALS ?=
-WORKERS ?= 1
+WORKERS ?=
 SEED ?=
 ENGINE ?= optuna
 STUDY ?=
@@ -19,7 +19,7 @@ ARGS ?=
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: CONFIG=$(CONFIG) SPACE=$(SPACE) TRIALS=N WORKERS=$(WORKERS) ENGINE=$(ENGINE) ARGS='key=value ...'"
+	@echo "  variables: CONFIG=$(CONFIG) SPACE=$(SPACE) TRIALS=N WORKERS=N (default: the space's) ENGINE=$(ENGINE) ARGS='key=value ...'"
 
 setup: $(VENV)/.installed ## create .venv with the package and its test dependencies (idempotent)
 
@@ -40,7 +40,7 @@ train: setup ## train CONFIG (default: the baseline) and track it in MLflow
 	$(BIN)/mnist-lab train $(CONFIG) $(ARGS)
 
 sweep: setup ## run (or resume) the study SPACE; TRIALS=N WORKERS=N ENGINE=optuna|keras-tuner SEED=N (the sampler's)
-	$(BIN)/mnist-lab sweep $(SPACE) --workers $(WORKERS) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(if $(SEED),--seed $(SEED)) $(ARGS)
+	$(BIN)/mnist-lab sweep $(SPACE) $(if $(WORKERS),--workers $(WORKERS)) --engine $(ENGINE) $(if $(TRIALS),--n-trials $(TRIALS)) $(if $(SEED),--seed $(SEED)) $(ARGS)
 
 report: setup ## write reports/<study>/index.html for STUDY (default: the latest study)
 	$(BIN)/mnist-lab report $(if $(STUDY),--study $(STUDY)) $(ARGS)

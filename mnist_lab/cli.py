@@ -219,7 +219,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides for every trial")
     p.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should have (default: the space's budget)")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine (default: the space's "
+                   "`workers`; experiments/sweep.yaml: auto, one per core)")
     p.add_argument("--seed", type=int, metavar="N", help="the sampler's seed (default: the space's, 0); another seed is "
                    "a study of its own (name ending -seedN), and a study keeps the seed it started with")
     p.add_argument("--study", metavar="NAME", help="study name (default: the space file's name)")

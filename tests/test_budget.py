@@ -136,7 +136,7 @@ def test_why_a_search_stopped_and_whether_it_goes_on_to_its_confirmation(tmp_pat
     assert budget.may_start_another(study, space, time.time() + 100 + 500 + 10)
     assert not budget.may_start_another(study, space, time.time() + 100 + 500 - 10)
     assert budget.why_stopped(study, space, time.time() + 550) == (
-        "stopped: the time budget (1000 s) has room only for the confirmation, after 1 finished trials", True)
+        "stopped: the study's time budget (1000 s) has room only for the confirmation, after 1 finished trials", True)
     add(study, "FAIL", fail_reason="kernel larger than the map")
     assert budget.may_start_another(study, space, far)
     add(study, "FAIL", fail_reason="loss diverged to nan" + " in a long message" * 20)
@@ -150,6 +150,35 @@ def test_why_a_search_stopped_and_whether_it_goes_on_to_its_confirmation(tmp_pat
         add(study, "PRUNED")
     assert not budget.may_start_another(study, space, far)
     assert budget.why_stopped(study, space, far) == ("stopped: the budget of 4 finished trials is reached", True)
+
+
+def test_without_a_trial_cap_only_the_time_budget_stops_the_search(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000}\n")
+    assert space.space.budget.n_trials is None
+    study = optuna.create_study(direction="maximize")
+    for _ in range(30):
+        add(study, "PRUNED")
+    far = time.time() + 10_000
+    assert budget.may_start_another(study, space, far)
+    assert budget.why_stopped(study, space, far) == (
+        "stopped with 30 trials finished; run the same command again to resume", False)
+    assert budget.why_stopped(study, space, time.time()) == (
+        "stopped: the study's time budget (1000 s) has room only for the confirmation, after 30 finished trials", True)
+    # with neither bound, the old default: 20 trials
+    assert space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\n").space.budget.n_trials == 20
+
+
+def test_the_study_s_time_is_the_union_of_its_invocations_spans():
+    study = optuna.create_study()
+    assert budget.spent_seconds(study) == 0
+    for key, span in {"a": [100, 200], "b": [150, 260], "c": [1000, 1010], "d": [120, 130]}.items():
+        study.set_user_attr(budget.SPAN_PREFIX + key, span)
+    study.set_user_attr("mlflow_parent_run_id", "not a span")
+    assert budget.spent_seconds(study) == 170  # 100-260 (a, b and d overlap) and 1000-1010
+    clock = budget.Clock(study, 1000)
+    assert abs(clock.end - (clock.started + 830)) < 1e-6 and budget.Clock(study, None).end is None
+    clock.tick()
+    assert study.user_attrs[clock.key][0] == clock.started and budget.spent_seconds(study) >= 170
 
 
 def test_a_halt_keeps_the_first_fault_and_tells_a_signal_from_a_lost_store():

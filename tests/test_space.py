@@ -66,7 +66,8 @@ def test_the_default_space_holds_the_baseline_and_maps_to_optuna_s_distributions
     assert d["train.learning_rate"] == FloatDistribution(5e-4, 1e-2, log=True)
     assert d["train.epochs"] == IntDistribution(2, 8)
     assert s.max_epochs(s.config_for({})) == 8
-    assert sp.load_space(REPO / "experiments" / "sweep.yaml").space.budget.n_trials == 50
+    default = sp.load_space(REPO / "experiments" / "sweep.yaml").space
+    assert (default.budget.n_trials, default.budget.timeout, default.workers) == (None, 1620, "auto")
 
 
 def test_the_baseline_counts_only_when_every_searched_value_of_it_lies_inside(tmp_path):

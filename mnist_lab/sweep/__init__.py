@@ -12,6 +12,7 @@ file or override is refused in half a second, before MLflow or TensorFlow load.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ class SweepRequest:
     space_path: str
     n_trials: int | None = None
     timeout: float | None = None
-    workers: int = 1
+    workers: int | None = None  # None: the space's `workers`
     study: str | None = None
     storage: str | None = None
     engine: str = "optuna"
@@ -43,10 +44,13 @@ def run(request: SweepRequest) -> dict[str, Any]:
     space = load_space(request.space_path, request.n_trials, request.timeout, request.seed)
     overrides = parse_overrides(request.overrides)
     base = space.config_for({}, overrides)  # a bad override fails here, before any trial
-    if request.workers < 1:
+    if request.workers is not None and request.workers < 1:
         raise MnistLabError(f"--workers {request.workers}: must be at least 1")
-    if request.engine == "keras-tuner" and (request.workers != 1 or request.storage):
+    if request.engine == "keras-tuner" and (request.workers not in (None, 1) or request.storage):
         raise MnistLabError("--workers and --storage are for the optuna engine; KerasTuner runs one worker here")
+    workers = request.workers or space.space.workers
+    if workers == "auto":
+        workers = max(1, min(len(os.sched_getaffinity(0)), 4))
     # The data and both stores are checked before TensorFlow loads: a missing dataset or a wrong
     # URL costs seconds, not a trial that fails for a reason no configuration can change.
     from mnist_lab import data, tracking
@@ -74,4 +78,4 @@ def run(request: SweepRequest) -> dict[str, Any]:
     import_tensorflow()  # here, once, rather than in a worker thread in the middle of the live display
     from mnist_lab.sweep import optuna_engine
 
-    return optuna_engine.run(setup, storage_url, request.workers)
+    return optuna_engine.run(setup, storage_url, workers)

@@ -1,13 +1,22 @@
-"""An Optuna study's budget: trials counted by state, the trials ranked by the objective, whether the
-time budget leaves room for another trial and the confirmation, and why the search stopped.
+"""An Optuna study's budget: the study's clock, trials counted by state, the trials ranked by the
+objective, whether the time budget leaves room for another trial and the confirmation, and why the
+search stopped.
 
-`n_trials` counts finished trials (complete or pruned) over the whole study, across restarts and
-workers; failed trials do not count, trials lost to a killed or interrupted worker are retried,
-and `budget.max_consecutive_failures` failures in a row end the study as broken.
+Both bounds are the study's, not one command's, so a sweep killed or stopped and run again goes on
+with what is left of them, and a finished one goes straight to its confirmation:
+- `timeout`: the study's time, the union of the spans during which any invocation of it ran (each
+  writes its span on the study every few seconds: a kill loses at most that), so concurrent workers
+  on several machines are counted once and the days between a kill and a resume not at all;
+- `n_trials`, when set: finished trials (complete or pruned) over every restart and worker; failed
+  trials do not count, trials lost to a killed or interrupted worker are retried.
+`budget.max_consecutive_failures` failures in a row end the study as broken.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +43,42 @@ class Halt:
     def by_signal(self) -> bool:
         """Set by Ctrl-C, SIGTERM or SIGHUP, not by a lost store: a trial cut short is interrupted, not failed."""
         return self.event.is_set() and self.fault is None
+
+
+SPAN_PREFIX = "time_span "  # a study user attribute per invocation: [started, last seen] (time.time())
+
+
+def spent_seconds(study) -> float:
+    """Seconds the study has run, over every invocation and machine: the union of their spans."""
+    total, reach = 0.0, float("-inf")
+    for start, last in sorted(v for k, v in study.user_attrs.items() if k.startswith(SPAN_PREFIX)):
+        total += max(0.0, last - max(start, reach))
+        reach = max(reach, last)
+    return total
+
+
+class Clock:
+    """This invocation's share of the study's time budget: `end` is when it is spent (None without one)."""
+
+    TICK_SECONDS = 5
+
+    def __init__(self, study, timeout: float | None):
+        self.study, self.started, self.ticked = study, time.time(), 0.0
+        self.key = f"{SPAN_PREFIX}{socket.gethostname()}:{os.getpid()}:{self.started:.3f}"
+        self.spent_before = spent_seconds(study)
+        self.timeout = timeout
+        self.end = self.started + timeout - self.spent_before if timeout else None
+
+    def spent(self) -> float:
+        return self.spent_before + time.time() - self.started
+
+    def tick(self, now: bool = False) -> None:
+        """Write this invocation's span on the study (every TICK_SECONDS, or `now`)."""
+        if now or time.time() - self.ticked >= self.TICK_SECONDS:
+            self.ticked = time.time()
+            # Bookkeeping that the next tick redoes: a locked or briefly absent store is not worth a stop.
+            with contextlib.suppress(Exception):
+                self.study.set_user_attr(self.key, [self.started, self.ticked])
 
 
 @dataclass
@@ -147,10 +192,16 @@ def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
     return time.time() + next_trial + keep < end
 
 
+def trials_left(study, space: LoadedSpace) -> bool:
+    """No trial cap, or fewer trials finished than it."""
+    cap = space.space.budget.n_trials
+    return cap is None or count(study).finished < cap
+
+
 def may_start_another(study, space: LoadedSpace, end: float | None) -> bool:
     """Neither the trial budget nor the time budget spent, and the space not broken."""
     budget = space.space.budget
-    return (count(study).finished < budget.n_trials and failures_in_a_row(study) < budget.max_consecutive_failures
+    return (trials_left(study, space) and failures_in_a_row(study) < budget.max_consecutive_failures
             and search_time_left(study, space, end))
 
 
@@ -159,10 +210,11 @@ def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool
     to its confirmation; one stopped short of its budget crowns nothing)."""
     budget = space.space.budget
     c = count(study)
-    if c.finished >= budget.n_trials:
+    of = f" of {budget.n_trials}" if budget.n_trials is not None else ""
+    if not trials_left(study, space):
         return f"stopped: the budget of {budget.n_trials} finished trials is reached", True
     if end is not None and not search_time_left(study, space, end):
-        return (f"stopped: the time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
+        return (f"stopped: the study's time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
                 f"after {c.finished} finished trials"), True
     in_a_row = failures_in_a_row(study)
     if in_a_row >= budget.max_consecutive_failures:
@@ -171,5 +223,5 @@ def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool
                    key=lambda t: t.number, default=None)
         why = f" (the last: {last.user_attrs['fail_reason'][:200]})" if last else ""
         return (f"stopped: {in_a_row} trials failed in a row{why}, the limit budget.max_consecutive_failures; "
-                f"{c.finished} of {budget.n_trials} trials finished. Fix the space, or raise the limit, and run again to resume"), False
-    return f"stopped with {c.finished} of {budget.n_trials} trials finished; run the same command again to resume", False
+                f"{c.finished}{of} trials finished. Fix the space, or raise the limit, and run again to resume"), False
+    return f"stopped with {c.finished}{of} trials finished; run the same command again to resume", False

@@ -7,26 +7,28 @@ from __future__ import annotations
 import time
 
 from mnist_lab.champion import Verdict
-from mnist_lab.sweep.budget import count, ranked, trial_seconds
+from mnist_lab.sweep.budget import Clock, count, ranked, trial_seconds
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.space import LoadedSpace
 
 
 class Progress:
     """The sweep's one live display, redrawn every second from the study's storage (so it shows
-    every worker's trials): a bar of finished trials with counts by state and a legend, best so
-    far, elapsed time and the ETA, then one line per running trial (epoch, latest validation
-    score). Each trial that finishes gets one permanent line above it. Off a terminal (CI, a
-    log file) only those lines are printed."""
+    every worker's trials): trials finished (of the trial cap, if there is one), a bar of the
+    budget that bounds the study (its time, else its trials), counts by state and a legend, best
+    so far, the study's time spent of its budget (or this invocation's elapsed time) and the ETA,
+    then one line per running trial (epoch, latest validation score). Each trial that finishes gets
+    one permanent line above it. Off a terminal (CI, a log file) only those lines are printed."""
 
     LEGEND = "✓ complete  ✂ pruned  ✗ failed  ▶ running"
 
-    def __init__(self, study, total: int, setup: StudySetup, end: float | None = None):
+    def __init__(self, study, setup: StudySetup, clock: Clock):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as RichProgress
 
-        self.study, self.total, self.space, self.end = study, total, setup.space, end
+        self.study, self.space, self.clock = study, setup.space, clock
+        self.cap = setup.space.space.budget.n_trials
         self.console = Console(stderr=True, highlight=False)
         self.running_lines: list[str] = []
         display = self
@@ -37,8 +39,8 @@ class Progress:
                 yield from display.running_lines
 
         self.bar = Live(
-            TextColumn("trials"), MofNCompleteColumn(), BarColumn(bar_width=24), TextColumn("{task.fields[states]}"),
-            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[trials]}"), BarColumn(bar_width=24), TextColumn("{task.fields[states]}"),
+            TextColumn("best {task.fields[best]}"), TextColumn("{task.fields[time]}"), TextColumn("ETA {task.fields[eta]}"),
             console=self.console, disable=not self.console.is_terminal,
         )
         self.reported: set[int] = set()
@@ -48,28 +50,38 @@ class Progress:
     def __enter__(self):
         self.bar.__enter__()
         self.console.print(f"[dim]{self.LEGEND}[/dim]")
-        self.task = self.bar.add_task("sweep", total=self.total, states="", best="-", eta="-")
+        self.console.print(f"[dim]{self.bounds()}[/dim]", soft_wrap=True)
+        self.task = self.bar.add_task("sweep", total=self.clock.timeout or self.cap, trials="", states="", best="-",
+                                      time="", eta="-")
         self.start_finished = count(self.study).finished
-        self.bar.update(self.task, completed=self.start_finished)
         return self
 
     def __exit__(self, *exc):
         self.running_lines = []
         self.bar.__exit__(*exc)
 
+    def bounds(self) -> str:
+        """What ends the study, said once as the display opens."""
+        said = []
+        if self.clock.timeout:
+            left = max(0.0, self.clock.timeout - self.clock.spent_before)
+            said.append(f"the study's time budget, {clock(self.clock.timeout)} for search and confirmation "
+                        f"({clock(left)} of it left)")
+        if self.cap is not None:
+            said.append(f"{self.cap} finished trials")
+        return "the study ends at " + ", or ".join(said) + ", whichever comes first" * (len(said) > 1)
+
     def eta(self, finished: int) -> str:
-        """From the trials finished in this invocation, capped by the time budget's end."""
+        """From the pace of the trials finished in this invocation toward the trial cap, capped by the
+        time budget's end."""
         now = time.time()
         done_here = finished - self.start_finished
         guesses = []
-        if done_here > 0:
-            guesses.append((now - self.opened_at) / done_here * max(0, self.total - finished))
-        if self.end is not None:
-            guesses.append(max(0.0, self.end - now))
-        if not guesses:
-            return "-"
-        seconds = int(min(guesses))
-        return f"{seconds // 60}:{seconds % 60:02d}"
+        if done_here > 0 and self.cap is not None:
+            guesses.append((now - self.opened_at) / done_here * max(0, self.cap - finished))
+        if self.clock.end is not None:
+            guesses.append(max(0.0, self.clock.end - now))
+        return clock(min(guesses)) if guesses else "-"
 
     def update(self) -> None:
         from optuna.trial import TrialState
@@ -79,10 +91,15 @@ class Progress:
         metric = self.space.space.objective[0]
         best_first = ranked(self.study, self.space)
         best = best_first[0].values[0] if best_first else None
+        self.clock.tick()
+        spent = self.clock.spent()
         self.bar.update(
-            self.task, completed=min(c.finished, self.total),
+            self.task, completed=min(spent, self.clock.timeout) if self.clock.timeout else min(c.finished, self.cap),
+            trials=f"trials {c.finished}" + (f"/{self.cap}" if self.cap is not None else ""),
             states=f"✓{c.complete} ✂{c.pruned} ✗{c.fail} ▶{c.running}",
-            best=f"{metric.metric} {best:.4f}" if best is not None else "-", eta=self.eta(c.finished),
+            best=f"{metric.metric} {best:.4f}" if best is not None else "-",
+            time=f"{clock(spent)} of {clock(self.clock.timeout)}" if self.clock.timeout else clock(time.time() - self.opened_at),
+            eta=self.eta(c.finished),
         )
         self.running_lines = []
         for t in trials:
@@ -98,6 +115,12 @@ class Progress:
             if t.datetime_complete and t.datetime_complete.timestamp() < self.opened_at:
                 continue  # finished before this invocation: already reported then
             self.console.print(trial_line(t, metric.metric, self.epoch_images), soft_wrap=True)
+
+
+def clock(seconds: float) -> str:
+    """Minutes and seconds, as a person reads a duration: 27:00."""
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def trial_line(t, metric: str, epoch_images: int) -> str:

@@ -7,17 +7,26 @@ The space's `tuner` key picks the algorithm (random, bayesian, hyperband); by de
 optimisation. Each KerasTuner trial calls the same `train()` as Optuna trials do, as a nested
 MLflow run tagged like theirs, so studies from both engines compare run for run. The tuner's
 own state lives in mlruns/keras_tuner/<study>/, which is what makes a rerun resume.
+
+The budget is the space's, read as the Optuna engine reads it: a time budget is the study's (its
+spans in mlruns/keras_tuner/<study>/time_spans.json, summed over invocations), and no trial starts
+once it and the confirmation would not fit; `n_trials`, when set, caps RandomSearch and Bayesian
+optimisation (Hyperband sizes its own brackets).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 from mnist_lab import champion, tracking
 from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, StoreLost, store_fault
 from mnist_lab.sweep import records
+from mnist_lab.sweep.budget import Clock
 from mnist_lab.sweep.display import verdict_lines
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.objective import objective_value
@@ -41,6 +50,35 @@ def previous_model(client, setup: StudySetup, number: int):
     if not runs:
         raise MnistLabError(f"study {study_name}: Hyperband continues trial {number}, whose model is not in the MLflow store")
     return mlflow.keras.load_model(tracking.model_uri(runs[0].info.run_id))
+
+
+class SpansFile:
+    """The study's time spans kept in the tuner's project folder: what an Optuna study keeps in its
+    user attributes, for the same Clock."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def user_attrs(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def set_user_attr(self, key: str, value) -> None:
+        spans = self.user_attrs | {key: value}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spans))
+        tmp.replace(self.path)  # a kill mid-write leaves the last spans, never half a file
+
+
+def time_is_up(clock: Clock, space: LoadedSpace, trial_seconds: list[float]) -> bool:
+    """No room for another trial and the confirmation: each taking as long as a median trial (KerasTuner
+    runs every trial to its end), with at least `confirm.reserve` of the budget free."""
+    if clock.end is None:
+        return False
+    s = space.space
+    typical = statistics.median(trial_seconds) if trial_seconds else 0.0
+    confirmation = ((s.confirm.seeds - 1) * s.confirm.top + s.confirm.seeds) * typical  # the baseline from its config
+    return time.time() + typical + max(confirmation, s.confirm.reserve * (s.budget.timeout or 0)) >= clock.end
 
 
 def run(setup: StudySetup) -> dict[str, Any]:
@@ -75,10 +113,20 @@ def run(setup: StudySetup) -> dict[str, Any]:
     epochs_key = "train.epochs"
     max_epochs = space.max_epochs(setup.base)
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[algo]
-    budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials}
+    # Without a trial cap the time budget stops the search (pre_create_trial): KerasTuner itself needs a count.
+    budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials or 10_000}
     printed = []
+    project.mkdir(parents=True, exist_ok=True)
+    clock = Clock(SpansFile(project / "time_spans.json"), s.budget.timeout)
+    seconds: list[float] = []
 
     class MlflowTuner(base):
+        def pre_create_trial(self):
+            clock.tick(now=True)
+            if time_is_up(clock, space, seconds):
+                self.oracle.max_trials = len(self.oracle.trials)  # KerasTuner's own stop: its next trial is STOPPED
+            super().pre_create_trial()
+
         def run_trial(self, trial, *args, **kwargs):
             try:
                 return self.logged_trial(trial)
@@ -118,6 +166,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
                     raise kt.errors.FatalError(str(e)) from e
                 printed.append(f"trial {number:>3} FAIL     {e}")
                 raise kt.errors.FailedTrialError(str(e)) from None
+            seconds.append(result.train_seconds)
             client.set_tag(result.run_id, "state", "COMPLETE")
             value = objective_value(result, objective.metric)
             records.describe_trial(client, result.run_id, study_name, number, records.completed({objective.metric: value}, result, config))
@@ -145,6 +194,7 @@ def run(setup: StudySetup) -> dict[str, Any]:
     failed_out = None
     try:
         tuner.search(verbose=0)
+        clock.tick(now=True)
     except RuntimeError as e:
         if "consecutive failures" not in str(e):
             raise
@@ -172,7 +222,10 @@ def run(setup: StudySetup) -> dict[str, Any]:
     parent = client.get_run(parent_run_id)
     runs = champion.ranked_trial_runs(client, parent, objective.metric, objective.way == "maximize")
     failed = client.search_runs([setup.experiment_id], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
-    stopped = failed_out or f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)"
+    timed_out = clock.end is not None and time_is_up(clock, space, seconds)
+    stopped = failed_out or (f"stopped: the study's time budget ({s.budget.timeout:.0f} s) has room only for the confirmation, "
+                             f"after {len(runs)} complete trials" if timed_out
+                             else f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)")
     print(stopped, flush=True)
     trials = f"{len(runs)} complete, 0 pruned, {len(failed)} failed"
     best = runs[0] if runs else None
@@ -187,7 +240,8 @@ def run(setup: StudySetup) -> dict[str, Any]:
         confirm = s.confirm
         # KerasTuner runs no baseline trial: the baseline is confirmed from its config.
         verdict = champion.confirm_and_crown(study_name, parent_run_id, [r.info.run_id for r in runs], setup.base, confirm.top,
-                                             confirm.seeds, setup.data_dir, floor=confirm.min_val_accuracy)
+                                             confirm.seeds, setup.data_dir, floor=confirm.min_val_accuracy,
+                                             on_result=lambda *_: clock.tick(now=True))
         for line in verdict_lines(verdict):
             print(line)
         summary["verdict"] = verdict

@@ -23,12 +23,10 @@ from mnist_lab.config import Config
 from mnist_lab.errors import ConfigError, StoreLost, store_fault
 from mnist_lab.sweep import recovery
 from mnist_lab.sweep.budget import Halt
-from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR
+from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR, SLICE_IMAGES
 from mnist_lab.sweep.records import StudySetup, completed, describe_trial, record_impossible, trial_run_name, trial_tags
 from mnist_lab.sweep.space import EPOCH_METRICS, suggest_optuna
 from mnist_lab.train import TrainResult, train
-
-SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 
 
 class Surplus(Exception):
@@ -168,7 +166,8 @@ class Objective:
         study, client = self.study, self.client
         ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
                  if t.number < trial.number and not t.user_attrs.get("surplus")]
-        if len(ahead) >= study.space.space.budget.n_trials:
+        cap = study.space.space.budget.n_trials
+        if cap is not None and len(ahead) >= cap:
             trial.set_user_attr("surplus", True)
             raise Surplus("the study's budget was already taken by other workers")
         tags = trial_tags(study.name, trial.number, "optuna")

@@ -90,23 +90,22 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     if created and (baseline := setup.space.baseline_values()):
         # The first trial is the base config itself: every other trial is judged against it.
         study.enqueue_trial(baseline, user_attrs={"baseline": True})
-    budget_ = setup.space.space.budget
-    # One time budget for search and confirmation: workers stop starting trials when the next one
-    # and the confirmation (estimated from the trials' own durations) would no longer fit.
-    end = time.time() + budget_.timeout if budget_.timeout else None
+    # One time budget, the study's, for search and confirmation: workers stop starting trials when the
+    # next one and the confirmation (estimated from the trials' own durations) would no longer fit.
+    clock = budget.Clock(study, setup.space.space.budget.timeout)
     stop = budget.Halt()
-    workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, end), n_workers, stop)
+    workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, clock.end), n_workers, stop)
     # SIGTERM and SIGHUP reach here as KeyboardInterrupt: the CLI, which owns the process, says so.
     hook, threading.excepthook = threading.excepthook, quiet_store_faults
     try:
-        with display.Progress(study, budget_.n_trials, setup, end) as progress:
+        with display.Progress(study, setup, clock) as progress:
             workers.run(progress.update)
             progress.update()
         if stop.fault:  # a trial's store went away
             raise StoreLost(stop.fault)
         if stop.is_set():  # the worker thread was stopped by a signal of its own
             raise KeyboardInterrupt
-        return conclude(setup, storage_url, parent_run_id, end)
+        return conclude(setup, storage_url, parent_run_id, clock)
     except KeyboardInterrupt:
         workers.stop()
         try:
@@ -123,6 +122,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
         workers.stop()
         raise lost(setup, storage_url, parent_run_id, workers.ids, fault, e) from None
     finally:
+        clock.tick(now=True)
         threading.excepthook = hook
 
 
@@ -134,13 +134,13 @@ def reload(setup: StudySetup, storage_url: str):
     return optuna.load_study(study_name=setup.name, storage=make_storage(storage_url))
 
 
-def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, end: float | None) -> dict[str, Any]:
+def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: budget.Clock) -> dict[str, Any]:
     """After the search: say why it stopped, confirm the best trials over seeds, crown, evaluate once."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log file gets whole lines, not 80 columns
     study = reload(setup, storage_url)
     space = setup.space
     counts = budget.count(study)
-    stopped, done = budget.why_stopped(study, space, end)
+    stopped, done = budget.why_stopped(study, space, clock.end)
     console.print(stopped)
     best_first = budget.ranked(study, space)
     best = best_first[0] if best_first else None
@@ -157,10 +157,13 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, end: float
         baseline = next((t.user_attrs["mlflow_run_id"] for t in best_first if t.user_attrs.get("baseline")), None)
         console.print(f"confirmation: the top {confirm.top} trials and the baseline{'' if baseline else ' (not in the space: from its config)'}, "
                       f"{confirm.seeds} training seeds each")
+        # The confirmation has the rest of the time budget, but at least the time it is estimated to need:
+        # a study killed during its confirmation after the budget ran out still finishes it on resume.
+        deadline = None if clock.end is None else max(clock.end, time.time() + budget.confirmation_seconds(study, space))
         verdict = champion.confirm_and_crown(
             setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline or setup.base,
-            confirm.top, confirm.seeds, setup.data_dir, deadline=end, floor=confirm.min_val_accuracy,
-            on_result=lambda c, seed, v: console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"),
+            confirm.top, confirm.seeds, setup.data_dir, deadline=deadline, floor=confirm.min_val_accuracy,
+            on_result=lambda c, seed, v: (console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"), clock.tick()),
         )
         for line in display.verdict_lines(verdict):
             console.print(line)

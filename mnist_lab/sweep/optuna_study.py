@@ -79,7 +79,7 @@ def make_sampler(space: LoadedSpace, worker: int = 0, trials_so_far: int = 0):
         return optuna.samplers.NSGAIISampler(seed=seed)
     # Multivariate TPE models the knobs jointly (batch size with learning rate, schedule with
     # epochs), which independent TPE cannot; constant_liar keeps parallel workers apart.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, s.budget.n_trials // 3)),
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, (s.budget.n_trials or 30) // 3)),
                                       multivariate=True, constant_liar=True)
 
 

@@ -49,6 +49,7 @@ from mnist_lab.config import Config
 # Validation scores the pruner sees per epoch: 7 on a slice, then the full set (mnist_lab/sweep/objective.py).
 # Pruning starts after the first (an eighth of an epoch, 3-6 s of training here), so most trials cost seconds.
 REPORTS_PER_EPOCH = 8
+SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
 # User attributes the sweep sets on each trial before training: its learning-rate schedule and the
 # training images of its whole run (epochs x training set).
 SCHEDULE_ATTR, RUN_ATTR = "lr_schedule", "run_images"
@@ -76,11 +77,15 @@ def rival_value(rival: FrozenTrial, schedule: str, rung: int, fraction: float) -
     return value_along(rival, fraction * rival.user_attrs[RUN_ATTR])
 
 
+def cut(values: list[float], eta: int, maximize: bool) -> float:
+    """The worst value still in the best len//eta (the pruner asks only once there are eta)."""
+    return sorted(values, reverse=maximize)[len(values) // eta - 1]
+
+
 def promotable(value: float, rivals: list[float], eta: int, maximize: bool) -> bool:
-    """Optuna's rule: in the best len//eta of the values (the pruner asks only once there are eta)."""
-    ranked = sorted(rivals, reverse=maximize)
-    keep = len(ranked) // eta
-    return value >= ranked[keep - 1] if maximize else value <= ranked[keep - 1]
+    """Optuna's rule: in the best len//eta of the values."""
+    keep = cut(rivals, eta, maximize)
+    return value >= keep if maximize else value <= keep
 
 
 def hopeless(value: float, values: list[float], maximize: bool) -> bool:
@@ -93,12 +98,30 @@ def hopeless(value: float, values: list[float], maximize: bool) -> bool:
     return (1 - value) > 2 * (1 - median) if maximize else value > 2 * median
 
 
+def within_noise(value: float, keep: float, maximize: bool, noise_images: int | None) -> bool:
+    """An accuracy less than one standard error of a score on `noise_images` images below the cut: not
+    told apart from it (losses and unset: no allowance)."""
+    if not maximize or noise_images is None or not 0 <= keep <= 1:
+        return False
+    return value >= keep - math.sqrt(keep * (1 - keep) / noise_images)
+
+
 class ScheduleAwareHalving(optuna.pruners.BasePruner):
-    def __init__(self, min_resource: int, reduction_factor: int = 3):
+    """`min_resource * eta**k` images are the floor's rungs; trials are ranked only from `rank_from`
+    images on (`rank_from * eta**k`; by default from the first rung), and a trial within
+    `noise_images`' standard error of the cut is kept."""
+
+    def __init__(self, min_resource: int, reduction_factor: int = 3, rank_from: int | None = None,
+                 noise_images: int | None = None):
         self.min_resource, self.eta = min_resource, reduction_factor
+        self.rank_from, self.noise_images = rank_from or min_resource, noise_images
 
     def rungs(self, upto: int) -> list[int]:
         out, r = [], self.min_resource
+        while r < self.rank_from and r <= upto:
+            out.append(r)
+            r *= self.eta
+        r = self.rank_from
         while r <= upto:
             out.append(r)
             r *= self.eta
@@ -124,8 +147,9 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
         for rung in crossed:
             rivals = [v for t in others if t.user_attrs.get(SCHEDULE_ATTR) == schedule
                       and (v := rival_value(t, schedule, rung, step / run)) is not None and math.isfinite(v)]
-            if len(rivals) + 1 >= self.eta:
-                if not promotable(value, rivals + [value], self.eta, maximize):
+            if rung >= self.rank_from and len(rivals) + 1 >= self.eta:
+                if not promotable(value, rivals + [value], self.eta, maximize) and not within_noise(
+                        value, cut(rivals + [value], self.eta, maximize), maximize, self.noise_images):
                     return True
                 continue
             everyone = [v for t in others if (v := value_at(t, rung)) is not None and math.isfinite(v)]
@@ -143,9 +167,11 @@ def make_pruner(pruner: str, base: Config, max_epochs: int) -> optuna.pruners.Ba
         # Not before the first report: the first reports of every trial are noise.
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_rung)
     if pruner == "sha":
-        # Successive halving: at an eighth of an epoch, then 3x, 9x... as many images, keep the best third
-        # of the trials at the same point of the same learning-rate schedule.
-        return ScheduleAwareHalving(min_resource=first_rung, reduction_factor=3)
+        # Successive halving from the first epoch's end on (1, 3, 9 epochs), scored on the whole validation
+        # set: keep the best third of the trials at the same point of the same learning-rate schedule, and
+        # any trial within a standard error of that cut. Before it (an eighth and three eighths of an
+        # epoch) only the floor: a diverged or hopeless trial stops in seconds.
+        return ScheduleAwareHalving(min_resource=first_rung, reduction_factor=3, rank_from=epoch, noise_images=SLICE_IMAGES)
     if pruner == "sha-pooled":
         # Optuna's own: every trial at a rung ranked together, whatever its schedule.
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=3)

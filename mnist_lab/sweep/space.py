@@ -5,7 +5,7 @@
     objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
     pruner: hyperband                   # none | median | sha | sha-pooled | hyperband, on training images seen, 8 reports per epoch
-    budget: {n_trials: 20, timeout: 1800, max_consecutive_failures: 5}
+    budget: {timeout: 1800, max_consecutive_failures: 5}   # and/or n_trials: 20 (without either: 20 trials)
     confirm: {top: 2, seeds: 3, reserve: 0.1}   # retrain the best 2 and the baseline to 3 seeds before crowning
     params:
       model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
@@ -87,12 +87,23 @@ class Objective(_Strict):
 
 
 class Budget(_Strict):
-    n_trials: int = Field(20, gt=0)  # finished (complete or pruned) trials; failed ones do not count
-    timeout: float | None = Field(None, gt=0)  # seconds for the whole study (per invocation)
+    # The study ends at whichever bound comes first. A time budget is what people plan with; a trial
+    # count, when set, caps it. With neither, 20 trials.
+    n_trials: int | None = Field(None, gt=0)  # finished (complete or pruned) trials; failed ones do not count
+    # Seconds of the study's own time for search and confirmation, summed over every invocation (a
+    # killed or interrupted sweep resumed goes on with what is left; mnist_lab/sweep/budget.py).
+    timeout: float | None = Field(None, gt=0)
     # Failed trials (impossible configurations, diverging losses) are recorded and the search goes on;
     # this many in a row means the space itself is broken: the sweep stops and exits non-zero.
     # Trials lost to a killed or interrupted worker never count: they are retried.
     max_consecutive_failures: int = Field(5, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def some_bound(cls, data):
+        if isinstance(data, dict) and data.get("n_trials") is None and data.get("timeout") is None:
+            return {**data, "n_trials": 20}
+        return data
 
 
 class Confirm(_Strict):
@@ -118,7 +129,18 @@ class Space(_Strict):
     budget: Budget = Budget()
     confirm: Confirm = Confirm()
     seed: int | None = Field(0, ge=0)  # the sampler's seed, so a study can be repeated (--seed overrides it)
+    # Worker processes on this machine (--workers overrides it): `auto` is one per core (up to 4), each
+    # with one TensorFlow thread. These small networks keep one thread busy far better than two: on 2
+    # cores two 1-thread trainings ran 1.4x the images per second of one 2-thread training (README).
+    workers: int | Literal["auto"] = 1
     params: dict[str, IntParam | FloatParam | ChoiceParam] = Field(min_length=1)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError("must be auto or a number of processes, 1 or more")
+        return v
 
     @field_validator("objective", mode="before")
     @classmethod

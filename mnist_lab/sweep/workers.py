@@ -58,7 +58,8 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
             if not budget.may_start_another(study, space, settings.end):
                 break
             c = budget.count(study)
-            if c.finished + c.running >= space.space.budget.n_trials:
+            cap = space.space.budget.n_trials
+            if cap is not None and c.finished + c.running >= cap:
                 time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
                 continue
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
