@@ -26,6 +26,8 @@ Sections a and b train in float32 on both sides (plain Keras' precision); d, e a
 `precision: auto`, which on a CPU with AVX512-BF16 is mixed bfloat16 (the machine line says which).
 Each section's stamp (date, commit, machine) is written here, when it is measured, and nowhere else.
   h  `mnist-lab report` over 1,000 runs of 20 epochs (benchmarks/report_scale.py)
+  i  training throughput: one process on every core against one process per core (1 thread each),
+     a trial of the default study's winning corner on 55,000 images (what `workers: auto` rests on)
 """
 
 from __future__ import annotations
@@ -279,6 +281,50 @@ def bench_f(repeats: int) -> dict:
     return {name: stats([len(x) / t for t in ts]) for name, ts in times.items()}
 
 
+# --- i: one training on both cores against two trainings on one core each -------------------------
+
+# A configuration from the default study's winning corner (conv 16 -> 32, batch norm, shift and rotation,
+# batch 128, one-cycle), one epoch of the full 55,000 images, in the lab's precision.
+SWEEP_TRIAL = ["train.epochs=1", "model.conv_blocks.0.filters=16", "model.conv_blocks.1.filters=32", "model.batch_norm=true",
+               "train.batch_size=128", "train.lr_schedule=one_cycle", "train.learning_rate=0.005",
+               "model.augment.shift=0.05", "model.augment.rotation=5"]
+
+
+def bench_i(repeats: int, tmp: Path) -> dict:
+    """Training images per second of the machine: one `mnist-lab train` with every core against one per
+    core at once, each pinned to its core (taskset), so each has one TensorFlow thread. Interleaved."""
+    from mlflow import MlflowClient
+
+    cores = sorted(os.sched_getaffinity(0))
+    config = str(REPO / "experiments/baseline.yaml")
+
+    def together(pins: list[list[int]]) -> float:
+        folder = Path(tempfile.mkdtemp(dir=tmp))
+        procs = [subprocess.Popen(["taskset", "-c", ",".join(map(str, pin)), *LAB, "train", config, *SWEEP_TRIAL],
+                                  cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for pin in pins]
+        outs = [p.communicate() for p in procs]
+        if any(p.returncode for p in procs):
+            sys.exit(f"bench i: a training failed: {[o[1].strip().splitlines()[-1:] for o in outs]}")
+        client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
+        rates = []
+        for stdout, _ in outs:
+            run_id = re.search(r"^run (\w+):", stdout, re.M).group(1)
+            rates += [m.value for m in client.get_metric_history(run_id, "images_per_second")]
+        return sum(rates)  # the epochs ran side by side: the machine's rate is their sum
+
+    one, per_core = [], []
+    for r in range(repeats):
+        for variant in (("one", "per_core") if r % 2 == 0 else ("per_core", "one")):
+            if variant == "one":
+                one.append(together([cores]))
+            else:
+                per_core.append(together([[c] for c in cores]))
+            print(f"  i {variant} repeat {r + 1}: {(one if variant == 'one' else per_core)[-1]:.0f} images/s", flush=True)
+    return {"one_process_all_cores": stats(one), "one_process_per_core": stats(per_core), "cores": len(cores),
+            "ratio": statistics.median(per_core) / statistics.median(one), "overrides": SWEEP_TRIAL}
+
+
 # --- g: search efficiency at equal compute ----------------------------------------------------------
 
 SEARCH_METHODS = {
@@ -439,7 +485,7 @@ def tables(results: dict) -> str:
     r, lines = results, []
     # Sections are often re-run alone (--only X --merge): say when, at which commit and on what machine each was.
     when: dict[tuple, list[str]] = {}
-    for key in sorted(set(r) & set("abcdefgh")):
+    for key in sorted(set(r) & set("abcdefghi")):
         m = r["measured"][key]
         when.setdefault((m["date"], m["commit"], m["machine"], m["repeats"]), []).append(key)
     for (day, at, on, repeats), keys in when.items():
@@ -486,6 +532,11 @@ def tables(results: dict) -> str:
                      f"{fmt(e['wall'])} | tutorial recipe: 3 epochs | | ≤ 40 s: {'met' if ok_time else 'missed'} |")
         lines.append(f"| e. `fast.yaml`: test accuracy, mean of {len(e['runs'])} seeds | {e['test_accuracy_mean']:.4f} ± {e['test_accuracy_sd']:.4f} "
                      f"(min {e['test_accuracy']['min']:.4f}) | | | ≥ 0.9900: {'met' if ok_acc else 'missed'} |")
+    if "i" in r:
+        i = r["i"]
+        lines.append(f"| i. training images/s of the machine, one process per core (1 thread each) against one process on all "
+                     f"{i['cores']} cores, a default-study trial (one-cycle, batch 128, batch norm), 55,000 images | "
+                     f"{fmt(i['one_process_per_core'], '.0f')} | {fmt(i['one_process_all_cores'], '.0f')} | {i['ratio']:.2f} | |")
     if "h" in r:
         h = r["h"]
         lines.append(f"| h. `mnist-lab report` over {h['runs']:,} runs × {h['epochs']} epochs, s | {fmt(h['seconds'])} | | "
@@ -514,7 +565,7 @@ def tables(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="mnist-lab's benchmarks (see the module docstring)")
-    ap.add_argument("--only", default="a,b,c,d,e,f,g,h", help="comma-separated sections (default: all)")
+    ap.add_argument("--only", default="a,b,c,d,e,f,g,h,i", help="comma-separated sections (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--merge", action="store_true", help="keep the other sections of an existing --out file")
@@ -525,7 +576,7 @@ def main() -> None:
     sections = args.only.split(",")
     results: dict = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
     measured = results.setdefault("measured", {})
-    for key in set(results) & set("abcdefgh"):  # a section without a stamp this script wrote is not kept
+    for key in set(results) & set("abcdefghi"):  # a section without a stamp this script wrote is not kept
         if not isinstance(measured.get(key), dict):
             results.pop(key)
             measured.pop(key, None)
@@ -536,7 +587,8 @@ def main() -> None:
         for key, run in (("a", lambda: bench_a(args.repeats, tmp)), ("b", lambda: bench_b(args.repeats, tmp)),
                          ("d", lambda: bench_d(args.repeats, tmp)), ("e", lambda: bench_e(max(5, args.repeats), tmp)),
                          ("f", lambda: bench_f(args.repeats)), ("c", lambda: bench_c(results)),
-                         ("g", lambda: bench_g(args.repeats, tmp, args.target)), ("h", lambda: bench_h(args.repeats))):
+                         ("g", lambda: bench_g(args.repeats, tmp, args.target)), ("h", lambda: bench_h(args.repeats)),
+                         ("i", lambda: bench_i(args.repeats, tmp))):
             if key in sections:
                 print(f"bench {key} ...", flush=True)
                 start = time.perf_counter()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnist_lab import tracking
+from mnist_lab import parallel, tracking
 from mnist_lab.config import Config
 from mnist_lab.errors import MnistLabError
 from mnist_lab.stats import ALPHA, BASELINE, CHAMPION, welch_greater
@@ -103,11 +103,11 @@ def add_confirmation_runs(client, experiment_id: str, contenders: list[Contender
             c.scores.setdefault(int(run.data.tags["seed"]), run.data.metrics["val_accuracy"])
 
 
-def confirmation_run(c: Contender, study_name: str) -> tuple[int, Config, str, dict[str, str]]:
-    """Pure: the next confirmation seed of `c` (the lowest it has no score for), its config, run name and
-    tags (what the report and the next confirmation read back)."""
+def confirmation_run(c: Contender, study_name: str, training: set[int] = frozenset()) -> tuple[int, Config, str, dict[str, str]]:
+    """Pure: the next confirmation seed of `c` (the lowest it has no score for and is not `training`), its
+    config, run name and tags (what the report and the next confirmation read back)."""
     seed = 0
-    while seed in c.scores:
+    while seed in c.scores or seed in training:
         seed += 1
     seeded = c.config.model_copy(update={"train": c.config.train.model_copy(update={"seed": seed})})
     tags = {"mnist_lab.kind": "confirm", "study": study_name, "source_run_id": c.source_run_id,
@@ -132,10 +132,13 @@ def train_one_seed(c: Contender, parent_run_id: str, study_name: str, data_dir: 
 
 
 def train_round_robin(contenders: list[Contender], seeds: int, parent_run_id: str, study_name: str,
-                      data_dir: str | None, deadline: float | None, on_result=None) -> None:
+                      data_dir: str | None, deadline: float | None, on_result=None, workers: int = 1) -> None:
     """One more seed for each in turn, fewest seeds first: if the deadline cuts the confirmation
     short, every configuration has as many seeds as the time allowed (a verdict needs 2 each),
-    rather than the first ones 3 and the baseline 1."""
+    rather than the first ones 3 and the baseline 1. `workers` > 1: that many at once (mnist_lab/parallel.py)."""
+    if workers > 1:
+        return parallel.round_robin(contenders, seeds, lambda c, training: confirmation_run(c, study_name, training),
+                                    parent_run_id, data_dir, deadline, on_result, workers)
     while True:
         short = [c for c in contenders if len(c.scores) < seeds]
         if not short or (deadline is not None and time.time() > deadline):  # pragma: no mutate (> or >= at the same microsecond)
@@ -202,7 +205,7 @@ def claim_confirmation(client, parent_run_id: str) -> bool:
 
 def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[str], baseline: str | Config,
                       top: int, seeds: int, data_dir: str | None = None, deadline: float | None = None,
-                      on_result=None, floor: float = 0.0) -> Verdict:
+                      on_result=None, floor: float = 0.0, workers: int = 1) -> Verdict:
     """Retrain the top `top` trials, the baseline and the current champion to `seeds` seeds; crown if
     confirmed. `baseline`: the baseline trial's run id, or, when the space does not contain the
     baseline, its config (confirmed all the same: a winner is always judged against it)."""
@@ -217,13 +220,13 @@ def confirm_and_crown(study_name: str, parent_run_id: str, ranked_run_ids: list[
                        deferred=True)
     try:
         return _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline,
-                                  top, seeds, data_dir, deadline, on_result, floor)
+                                  top, seeds, data_dir, deadline, on_result, floor, workers)
     finally:
         client.delete_tag(parent_run_id, LOCK_TAG)
 
 
 def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_run_ids, baseline, top, seeds,
-                       data_dir, deadline, on_result, floor) -> Verdict:
+                       data_dir, deadline, on_result, floor, workers) -> Verdict:
     baseline_run_id = baseline if isinstance(baseline, str) else None
     runs = [client.get_run(r) for r in [r for r in ranked_run_ids if r != baseline_run_id][:top]]
     candidates = [contender(run, f"trial {run.data.tags.get('trial_number')}", rank) for rank, run in enumerate(runs, 1)]
@@ -242,7 +245,7 @@ def _confirm_and_crown(client, experiment_id, study_name, parent_run_id, ranked_
         return Verdict(False, "no confirmed improvement: the baseline is the best trial", None, everyone)
     # A champion from other validation images is not retrained: it cannot be compared anyway.
     comparable = [c for c in everyone if c.split == candidates[0].split]
-    train_round_robin(comparable, seeds, parent_run_id, study_name, data_dir, deadline, on_result)
+    train_round_robin(comparable, seeds, parent_run_id, study_name, data_dir, deadline, on_result, workers)
     best = max(candidates, key=lambda c: c.mean)
     if reigning and best.source_run_id == champion_run.info.run_id:
         # A finished study run again: its answer is already the champion; no second version.

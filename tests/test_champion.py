@@ -5,6 +5,7 @@ this process, where `make mutation` can see what they catch."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -436,3 +437,54 @@ def test_a_baseline_no_trial_ran_is_confirmed_from_its_config_on_the_study_s_val
     # As a trial's run records it (MLflow holds params as text), so the two compare.
     assert base.split == (data.load_split(config().data, lab.data_dir).digest, "5000", "0")
     assert base.split == contender(lab.client.get_run(lab.trial(1, 0.99, digest=base.split[0])), "trial 1", 1).split
+
+
+def test_with_two_workers_the_seeds_train_two_at_a_time_in_processes_of_one_thread_each(lab):
+    """parallel.round_robin trains for real in spawned processes: every contender gets its missing seeds,
+    no seed twice, each a run under the study's run, with one TensorFlow thread per process on 2 cores;
+    nothing starts after the deadline, and a training's error reaches the caller."""
+    cfg = Config.model_validate({"precision": "float32", "data": {"train_size": 300, "validation_size": 200},
+                                 "train": {"epochs": 1}, "model": {"conv_blocks": [{"filters": 2}], "dense": [8]}})
+    a, b = Contender("trial 3", 1, "run-a", cfg, ("d",), {0: 0.5}), Contender("baseline", 2, "run-b", cfg, ("d",))
+    heard = []
+    train_round_robin([a, b], 3, lab.parent, STUDY, lab.data_dir, None, lambda c, seed, v: heard.append((c.label, seed)),
+                      workers=2)
+    assert sorted(a.scores) == [0, 1, 2] and sorted(b.scores) == [0, 1, 2] and a.scores[0] == 0.5
+    assert sorted(heard) == [("baseline", 0), ("baseline", 1), ("baseline", 2), ("trial 3", 1), ("trial 3", 2)]
+    runs = lab.client.search_runs([lab.experiment_id], "tags.`mnist_lab.kind` = 'confirm'")
+    assert sorted((r.data.tags["source_label"], r.data.tags["seed"]) for r in runs) == [
+        ("baseline", "0"), ("baseline", "1"), ("baseline", "2"), ("trial 3", "1"), ("trial 3", "2")]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == lab.parent
+        assert r.data.tags["worker"] == tracking.worker_id()  # the main process ends them if it is stopped
+        assert r.data.tags["tensorflow_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+        c = a if r.data.tags["source_label"] == "trial 3" else b
+        assert c.scores[int(r.data.tags["seed"])] == pytest.approx(r.data.metrics["val_accuracy"])
+    late = Contender("late", 1, "late", cfg, ("d",))
+    train_round_robin([late], 3, lab.parent, STUDY, lab.data_dir, 0.0, workers=2)
+    assert late.scores == {}
+    with pytest.raises(Exception, match="no-such-folder"):
+        train_round_robin([Contender("bad", 1, "bad", cfg, ("d",))], 2, lab.parent, STUDY, "/no-such-folder", None, workers=2)
+
+
+def test_a_stop_during_a_parallel_confirmation_ends_every_worker_process_at_once(lab):
+    """Ctrl-C or SIGTERM reach the main process as KeyboardInterrupt, here raised as the first seed is
+    heard while a long one trains: it propagates, no worker process is left (none trains on), and the
+    cut seed's run is left tagged with the main process, whose stop ends it KILLED."""
+    import multiprocessing
+
+    quick = Config.model_validate({"precision": "float32", "data": {"train_size": 300, "validation_size": 200},
+                                   "train": {"epochs": 1}, "model": {"conv_blocks": [{"filters": 2}], "dense": [8]}})
+    slow = quick.model_copy(update={"train": quick.train.model_copy(update={"epochs": 300})})
+    a, b = Contender("trial 1", 1, "run-a", quick, ("d",), {0: 0.5}), Contender("baseline", 2, "run-b", slow, ("d",))
+
+    def stop(c, seed, value):
+        raise KeyboardInterrupt
+
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        train_round_robin([a, b], 2, lab.parent, STUDY, lab.data_dir, None, stop, workers=2)
+    assert not multiprocessing.active_children() and time.time() - started < 120
+    runs = lab.client.search_runs([lab.experiment_id], "tags.`mnist_lab.kind` = 'confirm'")
+    assert {(r.data.tags["source_label"], r.info.status) for r in runs} == {("trial 1", "FINISHED"), ("baseline", "RUNNING")}
+    assert {r.data.tags["worker"] for r in runs} == {tracking.worker_id()}

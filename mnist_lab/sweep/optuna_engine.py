@@ -105,7 +105,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
             raise StoreLost(stop.fault)
         if stop.is_set():  # the worker thread was stopped by a signal of its own
             raise KeyboardInterrupt
-        return conclude(setup, storage_url, parent_run_id, clock)
+        return conclude(setup, storage_url, parent_run_id, clock, n_workers)
     except KeyboardInterrupt:
         workers.stop()
         try:
@@ -134,7 +134,7 @@ def reload(setup: StudySetup, storage_url: str):
     return optuna.load_study(study_name=setup.name, storage=make_storage(storage_url))
 
 
-def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: budget.Clock) -> dict[str, Any]:
+def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: budget.Clock, n_workers: int = 1) -> dict[str, Any]:
     """After the search: say why it stopped, confirm the best trials over seeds, crown, evaluate once."""
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log file gets whole lines, not 80 columns
     study = reload(setup, storage_url)
@@ -164,6 +164,7 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: bud
             setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline or setup.base,
             confirm.top, confirm.seeds, setup.data_dir, deadline=deadline, floor=confirm.min_val_accuracy,
             on_result=lambda c, seed, v: (console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"), clock.tick()),
+            workers=n_workers,
         )
         for line in display.verdict_lines(verdict):
             console.print(line)

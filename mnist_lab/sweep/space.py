@@ -131,7 +131,7 @@ class Space(_Strict):
     seed: int | None = Field(0, ge=0)  # the sampler's seed, so a study can be repeated (--seed overrides it)
     # Worker processes on this machine (--workers overrides it): `auto` is one per core (up to 4), each
     # with one TensorFlow thread. These small networks keep one thread busy far better than two: on 2
-    # cores two 1-thread trainings ran 1.4x the images per second of one 2-thread training (README).
+    # cores two 1-thread trainings ran 1.6x the images per second of one 2-thread training (bench i).
     workers: int | Literal["auto"] = 1
     params: dict[str, IntParam | FloatParam | ChoiceParam] = Field(min_length=1)
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 
 from mnist_lab import tracking
+from mnist_lab.parallel import stop_when_orphaned
 from mnist_lab.startup import import_tensorflow
 from mnist_lab.sweep import budget, recovery
 from mnist_lab.errors import stop_signals, store_fault
@@ -111,14 +112,6 @@ def quiet_store_faults(args) -> None:
     says once what was lost. Anything else is a bug, and shows its traceback."""
     if store_fault(args.exc_value) is None:
         threading.__excepthook__(args)
-
-
-def stop_when_orphaned(main_pid: int) -> None:
-    """A worker whose main process died (SIGKILL, OOM) stops as if interrupted, instead of training on
-    to the end of the budget with nobody to confirm or stop it."""
-    while os.getppid() == main_pid:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerThread(threading.Thread):
