@@ -57,7 +57,7 @@ def round_robin(contenders: list, seeds: int, next_run, parent_run_id: str, data
     training: dict = {}  # AsyncResult -> (contender, seed)
     threads = max(1, (os.cpu_count() or 1) // workers)  # the sweep's share per worker, as its trials had
     workers = min(workers, sum(max(0, seeds - len(c.scores)) for c in contenders))  # no process without a seed to train
-    if workers == 0:
+    if workers == 0 or (deadline is not None and time.time() > deadline):
         return
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(threads, os.getpid()))
     try:

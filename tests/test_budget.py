@@ -107,6 +107,13 @@ def test_the_baseline_is_confirmed_beside_the_top_trials_not_as_one_of_them(tmp_
     add(study, "COMPLETE", 0.97, seconds=500)
     add(study, "RUNNING", seconds=5)
     assert budget.confirmation_seconds(study, space) == pytest.approx(2 * (100 + 60 + 30), abs=1)
+    # trained two at a time (two workers): half the seconds; four at a time: never less than the longest seed
+    assert budget.confirmation_seconds(study, space, workers=2) == pytest.approx(2 * (100 + 60 + 30) / 2, abs=1)
+    assert budget.confirmation_seconds(study, space, workers=8) == pytest.approx(100, abs=1)
+    # and the search keeps only that much free: at 1 worker the same end leaves no room
+    # (the next trial: the 75th percentile of 30, 60, 100 and 500 s is 200 s; the confirmation 190 s at 2, 380 s at 1)
+    end = time.time() + 200 + 190 + 10
+    assert budget.search_time_left(study, space, end, workers=2) and not budget.search_time_left(study, space, end)
     assert budget.trial_seconds(study.trials[-1]) is None and budget.trial_seconds(study.trials[1]) == pytest.approx(60)
 
 

@@ -463,8 +463,9 @@ def test_with_two_workers_the_seeds_train_two_at_a_time_in_processes_of_one_thre
     late = Contender("late", 1, "late", cfg, ("d",))
     train_round_robin([late], 3, lab.parent, STUDY, lab.data_dir, 0.0, workers=2)
     assert late.scores == {}
-    with pytest.raises(Exception, match="no-such-folder"):
-        train_round_robin([Contender("bad", 1, "bad", cfg, ("d",))], 2, lab.parent, STUDY, "/no-such-folder", None, workers=2)
+    with pytest.raises(Exception, match="no-such-folder"):  # one seed to train: one process
+        train_round_robin([Contender("bad", 1, "bad", cfg, ("d",), {0: 0.5})], 2, lab.parent, STUDY, "/no-such-folder", None,
+                          workers=2)
 
 
 def test_a_stop_during_a_parallel_confirmation_ends_every_worker_process_at_once(lab):

@@ -160,20 +160,21 @@ def trial_seconds(t) -> float | None:
     return (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
 
 
-def confirmation_seconds(study, space: LoadedSpace) -> float:
+def confirmation_seconds(study, space: LoadedSpace, workers: int = 1) -> float:
     """What the confirmation would cost if the search stopped now: the seeds still missing for the
-    current top trials and the baseline, each as long as that trial's own run took."""
+    current top trials and the baseline, each as long as that trial's own run took, trained `workers`
+    at a time (as its trials were, one per worker: mnist_lab/parallel.py), so never less than the longest."""
     confirm = space.space.confirm
     best_first = ranked(study, space)
     contenders = [t for t in best_first if not t.user_attrs.get("baseline")][: confirm.top]
     baseline = [t for t in best_first if t.user_attrs.get("baseline")]
-    seconds = sum((confirm.seeds - 1) * (trial_seconds(t) or 0) for t in contenders + baseline)
+    seeds = [trial_seconds(t) or 0 for t in contenders + baseline for _ in range(confirm.seeds - 1)]
     if not baseline and contenders:  # not in the space: all its seeds are trained then, guessed as long as the best's
-        seconds += confirm.seeds * (trial_seconds(contenders[0]) or 0)
-    return seconds
+        seeds += [trial_seconds(contenders[0]) or 0] * confirm.seeds
+    return max(sum(seeds) / workers, max(seeds)) if seeds else 0.0
 
 
-def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
+def search_time_left(study, space: LoadedSpace, end: float | None, workers: int = 1) -> bool:
     """May another trial start? Only if it and then the confirmation still fit before `end`.
 
     The next trial is assumed to take as long as three in four finished ones did (most are
@@ -188,7 +189,7 @@ def search_time_left(study, space: LoadedSpace, end: float | None) -> bool:
     finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=states)]  # pragma: no mutate (a copy changes no value)
     finished = [s for s in finished if s is not None]
     next_trial = float(np.percentile(finished, 75)) if finished else 0.0
-    keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space))
+    keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space, workers))
     return time.time() + next_trial + keep < end
 
 
@@ -198,14 +199,14 @@ def trials_left(study, space: LoadedSpace) -> bool:
     return cap is None or count(study).finished < cap
 
 
-def may_start_another(study, space: LoadedSpace, end: float | None) -> bool:
+def may_start_another(study, space: LoadedSpace, end: float | None, workers: int = 1) -> bool:
     """Neither the trial budget nor the time budget spent, and the space not broken."""
     budget = space.space.budget
     return (trials_left(study, space) and failures_in_a_row(study) < budget.max_consecutive_failures
-            and search_time_left(study, space, end))
+            and search_time_left(study, space, end, workers))
 
 
-def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool]:
+def why_stopped(study, space: LoadedSpace, end: float | None, workers: int = 1) -> tuple[str, bool]:
     """(the sentence saying why the search stopped, whether the study is done: a done study goes on
     to its confirmation; one stopped short of its budget crowns nothing)."""
     budget = space.space.budget
@@ -213,7 +214,7 @@ def why_stopped(study, space: LoadedSpace, end: float | None) -> tuple[str, bool
     of = f" of {budget.n_trials}" if budget.n_trials is not None else ""
     if not trials_left(study, space):
         return f"stopped: the budget of {budget.n_trials} finished trials is reached", True
-    if end is not None and not search_time_left(study, space, end):
+    if end is not None and not search_time_left(study, space, end, workers):
         return (f"stopped: the study's time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
                 f"after {c.finished} finished trials"), True
     in_a_row = failures_in_a_row(study)

@@ -94,7 +94,7 @@ def run(setup: StudySetup, storage_url: str, n_workers: int) -> dict[str, Any]:
     # next one and the confirmation (estimated from the trials' own durations) would no longer fit.
     clock = budget.Clock(study, setup.space.space.budget.timeout)
     stop = budget.Halt()
-    workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, clock.end), n_workers, stop)
+    workers = Workers(WorkerSettings(setup, storage_url, parent_run_id, clock.end, confirm_workers=n_workers), n_workers, stop)
     # SIGTERM and SIGHUP reach here as KeyboardInterrupt: the CLI, which owns the process, says so.
     hook, threading.excepthook = threading.excepthook, quiet_store_faults
     try:
@@ -140,7 +140,7 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: bud
     study = reload(setup, storage_url)
     space = setup.space
     counts = budget.count(study)
-    stopped, done = budget.why_stopped(study, space, clock.end)
+    stopped, done = budget.why_stopped(study, space, clock.end, n_workers)
     console.print(stopped)
     best_first = budget.ranked(study, space)
     best = best_first[0] if best_first else None
@@ -159,7 +159,7 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: bud
                       f"{confirm.seeds} training seeds each")
         # The confirmation has the rest of the time budget, but at least the time it is estimated to need:
         # a study killed during its confirmation after the budget ran out still finishes it on resume.
-        deadline = None if clock.end is None else max(clock.end, time.time() + budget.confirmation_seconds(study, space))
+        deadline = None if clock.end is None else max(clock.end, time.time() + budget.confirmation_seconds(study, space, n_workers))
         verdict = champion.confirm_and_crown(
             setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline or setup.base,
             confirm.top, confirm.seeds, setup.data_dir, deadline=deadline, floor=confirm.min_val_accuracy,

@@ -39,6 +39,7 @@ class WorkerSettings:
     main_pid: int = 0  # the sweep's own process: a worker process outliving it stops
     index: int = 0  # 0, 1, ...: each worker's sampler gets its own seed
     threads: int | None = None  # CPU threads for TensorFlow; None: a thread of the main process, which set them up
+    confirm_workers: int = 1  # how many seeds the confirmation trains at once: what the time budget must keep for it
 
 
 def work(settings: WorkerSettings, stop: Halt) -> None:
@@ -56,7 +57,7 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
         while not stop.is_set():
             recovery.reap_dead_trials(study, storage)
             optuna.storages.fail_stale_trials(study)
-            if not budget.may_start_another(study, space, settings.end):
+            if not budget.may_start_another(study, space, settings.end, settings.confirm_workers):
                 break
             c = budget.count(study)
             cap = space.space.budget.n_trials
