@@ -217,8 +217,9 @@ def parser() -> argparse.ArgumentParser:
         "nested MLflow run under the study's run; running the same command again continues the study."))
     p.add_argument("space", metavar="SPACE", help="search-space YAML")
     p.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="config overrides for every trial")
-    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials the study should have (default: the space's budget)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--n-trials", type=int, metavar="N", help="a cap on the study's finished trials (default: the space's budget)")
+    p.add_argument("--timeout", type=float, metavar="S", help="the study's time budget, search and confirmation, in seconds "
+                   "summed over every run of the study (default: the space's budget)")
     p.add_argument("--workers", type=int, metavar="N", help="worker processes on this machine (default: the space's "
                    "`workers`; experiments/sweep.yaml: auto, one per core)")
     p.add_argument("--seed", type=int, metavar="N", help="the sampler's seed (default: the space's, 0); another seed is "
