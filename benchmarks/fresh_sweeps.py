@@ -8,7 +8,8 @@ process it started (user + system over wall: 200% is both of 2 cores). Then the 
 from its stores with Optuna and MLflow directly: trials by state, the crowned trial, its seed
 scores against the baseline's, the one test evaluation, and whether the champion was found after
 the sampler's random start-up. Writes benchmarks/fresh_sweeps.json (every figure, appended per
-run) and prints a Markdown table. Run it with nothing else on the machine: about 30 min a seed.
+run) and prints its figures. Run it with nothing else on the machine: about 30 min a seed. Each clone
+(about 3.2 GB with its .venv and stores) stays in the temporary folder, to be read again; remove it after.
 """
 
 from __future__ import annotations
