@@ -65,8 +65,8 @@ class Progress:
         said = []
         if self.clock.timeout:
             left = max(0.0, self.clock.timeout - self.clock.spent_before)
-            said.append(f"the study's time budget, {clock(self.clock.timeout)} for search and confirmation "
-                        f"({clock(left)} of it left)")
+            said.append(f"the study's time budget, {minutes(self.clock.timeout)} for search and confirmation "
+                        f"({minutes(left)} of it left)")
         if self.cap is not None:
             said.append(f"{self.cap} finished trials")
         return "the study ends at " + ", or ".join(said) + ", whichever comes first" * (len(said) > 1)
@@ -81,7 +81,7 @@ class Progress:
             guesses.append((now - self.opened_at) / done_here * max(0, self.cap - finished))
         if self.clock.end is not None:
             guesses.append(max(0.0, self.clock.end - now))
-        return clock(min(guesses)) if guesses else "-"
+        return minutes(min(guesses)) if guesses else "-"
 
     def update(self) -> None:
         from optuna.trial import TrialState
@@ -98,7 +98,7 @@ class Progress:
             trials=f"trials {c.finished}" + (f"/{self.cap}" if self.cap is not None else ""),
             states=f"✓{c.complete} ✂{c.pruned} ✗{c.fail} ▶{c.running}",
             best=f"{metric.metric} {best:.4f}" if best is not None else "-",
-            time=f"{clock(spent)} of {clock(self.clock.timeout)}" if self.clock.timeout else clock(time.time() - self.opened_at),
+            time=f"{minutes(spent)} of {minutes(self.clock.timeout)}" if self.clock.timeout else minutes(time.time() - self.opened_at),
             eta=self.eta(c.finished),
         )
         self.running_lines = []
@@ -117,7 +117,7 @@ class Progress:
             self.console.print(trial_line(t, metric.metric, self.epoch_images), soft_wrap=True)
 
 
-def clock(seconds: float) -> str:
+def minutes(seconds: float) -> str:
     """Minutes and seconds, as a person reads a duration: 27:00."""
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"

@@ -116,7 +116,6 @@ def run(setup: StudySetup) -> dict[str, Any]:
     # Without a trial cap the time budget stops the search (pre_create_trial): KerasTuner itself needs a count.
     budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials or 10_000}
     printed = []
-    project.mkdir(parents=True, exist_ok=True)
     clock = Clock(SpansFile(project / "time_spans.json"), s.budget.timeout)
     seconds: list[float] = []
 
