@@ -31,12 +31,12 @@ OUT = REPO / "benchmarks" / "fresh_sweeps.json"
 STARTUP_TRIALS = 10  # TPE's random start-up in the default study (mnist_lab/sweep/optuna_study.py)
 
 
-def timed(cmd: list[str], cwd: Path, log: Path) -> dict:
+def timed(cmd: list[str], cwd: Path, log: Path, env: dict | None = None) -> dict:
     """Wall and CPU seconds of `cmd` and all it waited for (RUSAGE_CHILDREN counts the whole tree)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
