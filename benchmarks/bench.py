@@ -26,8 +26,9 @@ Sections a and b train in float32 on both sides (plain Keras' precision); d, e a
 `precision: auto`, which on a CPU with AVX512-BF16 is mixed bfloat16 (the machine line says which).
 Each section's stamp (date, commit, machine) is written here, when it is measured, and nowhere else.
   h  `mnist-lab report` over 1,000 runs of 20 epochs (benchmarks/report_scale.py)
-  i  training throughput: one process on every core against one process per core (1 thread each),
-     a trial of the default study's winning corner on 55,000 images (what `workers: auto` rests on)
+  i  training throughput: one process on every core against one process per core (1 thread each) and
+     one more process than cores (1 thread each), a trial of the default study's winning corner on
+     55,000 images (what `workers: auto` rests on)
 """
 
 from __future__ import annotations
@@ -291,17 +292,20 @@ SWEEP_TRIAL = ["train.epochs=1", "model.conv_blocks.0.filters=16", "model.conv_b
 
 
 def bench_i(repeats: int, tmp: Path) -> dict:
-    """Training images per second of the machine: one `mnist-lab train` with every core against one per
-    core at once, each pinned to its core (taskset), so each has one TensorFlow thread. Interleaved."""
+    """Training images per second of the machine: one `mnist-lab train` with every core, one per core at
+    once, each pinned to its core (taskset), so each has one TensorFlow thread, and one more process
+    than cores, unpinned, one thread each (TF_NUM_INTRAOP_THREADS): does a third trial on 2 cores fill
+    the time each 1-thread process waits? Interleaved, each variant in every position."""
     from mlflow import MlflowClient
 
     cores = sorted(os.sched_getaffinity(0))
     config = str(REPO / "experiments/baseline.yaml")
+    one_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
-    def together(pins: list[list[int]]) -> float:
+    def together(pins: list[list[int]], env: dict) -> float:
         folder = Path(tempfile.mkdtemp(dir=tmp))
         procs = [subprocess.Popen(["taskset", "-c", ",".join(map(str, pin)), *LAB, "train", config, *SWEEP_TRIAL],
-                                  cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  cwd=folder, env=ENV | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for pin in pins]
         outs = [p.communicate() for p in procs]
         if any(p.returncode for p in procs):
@@ -313,16 +317,17 @@ def bench_i(repeats: int, tmp: Path) -> dict:
             rates += [m.value for m in client.get_metric_history(run_id, "images_per_second")]
         return sum(rates)  # the epochs ran side by side: the machine's rate is their sum
 
-    one, per_core = [], []
+    variants = {"one_process_all_cores": ([cores], {}), "one_process_per_core": ([[c] for c in cores], {}),
+                "one_more_process_than_cores": ([cores] * (len(cores) + 1), one_thread)}
+    measured: dict[str, list[float]] = {v: [] for v in variants}
+    names = list(variants)
     for r in range(repeats):
-        for variant in (("one", "per_core") if r % 2 == 0 else ("per_core", "one")):
-            if variant == "one":
-                one.append(together([cores]))
-            else:
-                per_core.append(together([[c] for c in cores]))
-            print(f"  i {variant} repeat {r + 1}: {(one if variant == 'one' else per_core)[-1]:.0f} images/s", flush=True)
-    return {"one_process_all_cores": stats(one), "one_process_per_core": stats(per_core), "cores": len(cores),
-            "ratio": statistics.median(per_core) / statistics.median(one), "overrides": SWEEP_TRIAL}
+        for variant in names[r % len(names):] + names[: r % len(names)]:
+            measured[variant].append(together(*variants[variant]))
+            print(f"  i {variant} repeat {r + 1}: {measured[variant][-1]:.0f} images/s", flush=True)
+    one = statistics.median(measured["one_process_all_cores"])
+    return {**{v: stats(m) for v, m in measured.items()}, "cores": len(cores), "ratio": statistics.median(measured["one_process_per_core"]) / one,
+            "ratio_one_more": statistics.median(measured["one_more_process_than_cores"]) / one, "overrides": SWEEP_TRIAL}
 
 
 # --- g: search efficiency at equal compute ----------------------------------------------------------
@@ -537,6 +542,10 @@ def tables(results: dict) -> str:
         lines.append(f"| i. training images/s of the machine, one process per core (1 thread each) against one process on all "
                      f"{i['cores']} cores, a default-study trial (one-cycle, batch 128, batch norm), 55,000 images | "
                      f"{fmt(i['one_process_per_core'], '.0f')} | {fmt(i['one_process_all_cores'], '.0f')} | {i['ratio']:.2f} | |")
+        if "one_more_process_than_cores" in i:
+            lines.append(f"| i. the same with {i['cores'] + 1} processes on {i['cores']} cores (unpinned, 1 thread each) against one on all "
+                         f"cores | {fmt(i['one_more_process_than_cores'], '.0f')} | {fmt(i['one_process_all_cores'], '.0f')} "
+                         f"| {i['ratio_one_more']:.2f} | |")
     if "h" in r:
         h = r["h"]
         lines.append(f"| h. `mnist-lab report` over {h['runs']:,} runs × {h['epochs']} epochs, s | {fmt(h['seconds'])} | | "
