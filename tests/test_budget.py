@@ -258,3 +258,77 @@ def test_the_stop_quotes_the_last_failure_of_the_space_not_an_interrupted_trial_
     add(study, "FAIL", fail_reason="interrupted; runs again on resume", interrupted=True)  # a Ctrl-C'd trial, retried
     said, done = budget.why_stopped(study, space, None)
     assert not done and said.startswith("stopped: 2 trials failed in a row (the last: kernel 7 is larger than the 4x4 feature map), ")
+
+
+def test_a_search_with_no_better_trial_in_plateau_finished_ones_stops_and_goes_to_its_confirmation(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 3}\n")
+    study = optuna.create_study(direction="maximize")
+    far = time.time() + 10_000
+    add(study, "COMPLETE", 0.98, baseline=True)  # 0
+    add(study, "COMPLETE", 0.99)  # 1: the best
+    add(study, "PRUNED")  # 2
+    add(study, "COMPLETE", 0.99)  # 3: a tie is not better
+    add(study, "RUNNING")  # 4: not finished, not counted
+    add(study, "FAIL", fail_reason="x")  # 5: a failure is not a trial that could have been better
+    assert budget.plateaued(study, space) is None and budget.may_start_another(study, space, far)
+    add(study, "COMPLETE", 0.999)  # 6: better: the count starts again from here
+    for _ in range(2):
+        add(study, "PRUNED")  # 7, 8
+    assert budget.plateaued(study, space) is None and budget.may_start_another(study, space, far)
+    add(study, "PRUNED")  # 9: the third finished since the best
+    assert budget.plateaued(study, space) == 6
+    assert not budget.may_start_another(study, space, far)
+    assert budget.why_stopped(study, space, far) == (
+        "stopped: 3 trials finished after trial 6, then the best, without beating it (budget.plateau); 8 trials finished", True)
+    # The stop holds: a trial that was still running and ends better does not restart the search on any
+    # worker (the confirmation ranks it all the same)...
+    add(study, "COMPLETE", 0.9995)  # 10
+    assert budget.plateaued(study, space) == 6 and not budget.may_start_another(study, space, far)
+    # ...unless the space asks for another plateau: the study is read afresh, and goes on
+    patient = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 5}\n")
+    assert budget.plateaued(study, patient) is None and budget.may_start_another(study, patient, far)
+    # without `plateau` (the default), a stalled search goes on
+    plain = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000}\n")
+    assert plain.space.budget.plateau is None
+    for _ in range(30):
+        add(study, "PRUNED")
+    assert budget.plateaued(study, plain) is None and budget.may_start_another(study, plain, far)
+
+
+def test_with_several_objectives_the_plateau_counts_from_the_newest_member_of_the_pareto_front(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 2}\n"
+                               "objective: [val_accuracy, {metric: param_count, direction: minimize}]\n")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    add(study, "COMPLETE", [0.99, 500_000])  # 0: the most accurate
+    add(study, "COMPLETE", [0.98, 100_000])  # 1: on the front, smaller: a better trial too
+    add(study, "COMPLETE", [0.97, 400_000])  # 2: dominated
+    assert budget.plateaued(study, space) is None
+    add(study, "PRUNED")  # 3
+    assert budget.plateaued(study, space) == 1
+
+
+def test_the_time_left_after_the_search_buys_more_confirmation_seeds_up_to_max_seeds(tmp_path):
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000}\n"
+                               "confirm: {top: 1, seeds: 3, max_seeds: 5}\n")
+    study = optuna.create_study(direction="maximize")
+    add(study, "COMPLETE", 0.98, seconds=100, baseline=True)
+    add(study, "COMPLETE", 0.99, seconds=100)
+    # seeds still missing for the best and the baseline, 100 s each, two at a time: n seeds cost (n - 1) x 100 s;
+    # the reserve (10% of 1000 s) stays free
+    assert budget.confirmation_seconds(study, space, 2) == 200
+    assert budget.confirmation_seconds(study, space, 2, seeds=5) == 400
+    now = time.time()
+    assert budget.confirmation_seeds(study, space, now + 350, 2) == 3  # 4 seeds need 300 s and the reserve 100 s
+    assert budget.confirmation_seeds(study, space, now + 450, 2) == 4
+    assert budget.confirmation_seeds(study, space, now + 10_000, 2) == 5  # never past max_seeds
+    assert budget.confirmation_seeds(study, space, now + 1, 2) == 3  # out of time: still confirm.seeds (the deadline keeps them)
+    assert budget.confirmation_seeds(study, space, None, 2) == 3  # no time budget: nothing to spend
+    plain = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000}\n")
+    assert budget.confirmation_seeds(study, plain, now + 10_000, 2) == plain.space.confirm.seeds
+
+
+def test_max_seeds_under_seeds_is_a_clear_error(tmp_path):
+    from mnist_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max_seeds \(2\) is under seeds \(3\)"):
+        space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nconfirm: {seeds: 3, max_seeds: 2}\n")

@@ -81,7 +81,7 @@ def test_without_a_trial_cap_the_display_counts_the_study_s_time_and_a_resume_ha
     bar and the ETA follow the time, and the trials are counted without a cap."""
     setup = setup_of_smoke(timeout=600)
     # the smoke file caps at 3 trials; the default study does not
-    setup.space.space = setup.space.space.model_copy(update={"budget": Budget(timeout=600)})
+    setup.space.space = setup.space.space.model_copy(update={"budget": Budget(timeout=600, plateau=12)})
     study = optuna.create_study(direction="maximize")
     now = time.time()
     # An earlier invocation ran 300 s, a worker on another machine overlapped it by 200 s and ran 100 s
@@ -97,7 +97,8 @@ def test_without_a_trial_cap_the_display_counts_the_study_s_time_and_a_resume_ha
         progress.update()
         live = drawn(progress)
     err = capsys.readouterr().err
-    assert re.search(r"the study ends at the study's time budget, 10:00 for search and confirmation \(3:(19|20) of it left\)$",
+    assert re.search(r"the study ends at the study's time budget, 10:00 for search and confirmation \(3:(19|20) of it left\); "
+                     r"its search stops early once 12 trials finish after the best without beating it$",
                      err, re.MULTILINE)
     assert re.search(r"trials 1 ", live) and re.search(r"6:4[01] of 10:00", live) and re.search(r"ETA 3:(19|20)", live)
     assert progress.bar.tasks[0].total == 600 and 399 < progress.bar.tasks[0].completed < 402

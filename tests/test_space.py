@@ -68,6 +68,7 @@ def test_the_default_space_holds_the_baseline_and_maps_to_optuna_s_distributions
     assert s.max_epochs(s.config_for({})) == 8
     default = sp.load_space(REPO / "experiments" / "sweep.yaml").space
     assert (default.budget.n_trials, default.budget.timeout, default.workers) == (None, 1620, "auto")
+    assert (default.budget.plateau, default.confirm.seeds, default.confirm.max_seeds) == (12, 3, 5)
 
 
 def test_the_baseline_counts_only_when_every_searched_value_of_it_lies_inside(tmp_path):

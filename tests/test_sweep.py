@@ -212,8 +212,11 @@ def test_keras_tuner_engine_logs_the_same_shape_as_optuna_in_its_own_study(in_sm
     baseline = [r for r in runs_of("smoke-keras-tuner", "confirm") if r.data.tags["source_label"] == "baseline"]
     assert sorted(r.data.tags["seed"] for r in baseline) == ["0", "1"]
     assert {r.data.tags["source_run_id"] for r in baseline} == {kt_parent.info.run_id}
-    # Rerunning resumes the KerasTuner study too: no new runs, and the Optuna study is untouched.
-    assert main(["sweep", str(store / "smoke.yaml"), "--engine", "keras-tuner"]) == 0
+    # Rerunning resumes the KerasTuner study too, with its time budget: run again with a budget its first
+    # run already spent (and room for 3 more trials), it starts no trial and says why; the Optuna study is untouched.
+    capsys.readouterr()
+    assert main(["sweep", str(store / "smoke.yaml"), "--engine", "keras-tuner", "--n-trials", "6", "--timeout", "1"]) == 0
+    assert "stopped: the study's time budget (1 s) has room only for the confirmation, after 3 complete trials" in capsys.readouterr().out
     assert len(runs_of("smoke-keras-tuner")) == 3 and len(runs_of("smoke-keras-tuner", "study")) == 1
     assert len(runs_of("smoke-optuna")) == 3 and len(load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna").trials) == 3
 
@@ -455,7 +458,7 @@ def test_a_sweep_stops_at_its_time_budget_and_says_so(store):
     study = load(f"sqlite:///{store / 'mlruns' / 'optuna.db'}", "smoke-optuna")
     done = finished(study)
     assert 1 <= len(done) < 1000
-    assert f"stopped: the time budget ({timeout} s) has room only for the confirmation, after {len(done)} finished trials" in said
+    assert f"stopped: the study's time budget ({timeout} s) has room only for the confirmation, after {len(done)} finished trials" in said
     # Every trial started inside the budget, counted from the study's run (the sweep's start).
     [parent] = runs_of("smoke-optuna", "study")
     began = parent.info.start_time / 1000
@@ -466,11 +469,15 @@ def test_a_sweep_stops_at_its_time_budget_and_says_so(store):
 def test_another_sampler_seed_draws_other_trials_in_a_study_of_its_own_and_a_study_keeps_its_seed(store, capsys):
     from mnist_lab.sweep.optuna_study import make_sampler
 
-    def first_draws(seed):
-        study = optuna.create_study(sampler=make_sampler(load_space(SMOKE, seed=seed)))
-        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+    def first_draws(seed, worker=0, trials_so_far=0):
+        study = optuna.create_study(sampler=make_sampler(load_space(SMOKE, seed=seed), worker, trials_so_far))
+        return tuple(study.ask().suggest_float("x", 0, 1) for _ in range(3))
 
     assert first_draws(0) == first_draws(0) and first_draws(1) != first_draws(0)
+    # Every (seed, worker, resume point) draws its own trials: no worker of one seed replays another
+    # seed's worker (seed + worker did: seed 0's worker 1 drew what seed 1's worker 0 drew).
+    streams = [first_draws(seed, worker, after) for seed in range(3) for worker in range(4) for after in (0, 1, 1000)]
+    assert len(set(streams)) == len(streams)
     # `--seed 1` (the file says 0) is a study of its own, smoke-optuna-seed1; `--seed 0` is the file's
     # own study. A study is continued only with the seed it started with: here both were started (by
     # hand) with seed 5, so both commands are refused, before any trial, in one line naming the study.
@@ -483,3 +490,34 @@ def test_another_sampler_seed_draws_other_trials_in_a_study_of_its_own_and_a_stu
         assert err == (f"mnist-lab sweep: error: study '{name}' was started with sampler seed 5, and this command asks for "
                        f"{seed}; resume it with --seed 5, or pick another --study name"), err
         assert not load(storage, name).trials
+
+
+def test_a_keras_tuner_study_out_of_time_before_its_first_trial_trains_nothing(store, capsys):
+    # KerasTuner reads a max_trials of 0 as no cap at all: the engine's stop must say -1 then.
+    assert main(["sweep", SMOKE, "--engine", "keras-tuner", "--timeout", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped: the study's time budget (0 s) has room only for the confirmation, after 0 complete trials" in out
+    assert not runs_of("smoke-keras-tuner")
+
+
+def test_keras_tuner_stops_when_plateau_trials_completed_after_the_best_without_beating_it():
+    import keras_tuner as kt
+
+    from mnist_lab.sweep.keras_tuner_engine import plateaued
+
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=10)
+
+    def add(trial_id, status, score=None):
+        oracle.trials[trial_id] = kt.engine.trial.Trial(kt.HyperParameters(), trial_id=trial_id, status=status)
+        oracle.trials[trial_id].score = score
+
+    assert plateaued(oracle, 1) is None  # nothing complete yet
+    add("03", "COMPLETED", 0.95)  # a resume loads trials in any order
+    add("00", "COMPLETED", 0.90)
+    add("01", "COMPLETED", 0.95)  # the best: tied with 03, and earlier
+    add("02", "FAILED")
+    add("04", "RUNNING")
+    assert plateaued(oracle, None) is None and plateaued(oracle, 2) is None  # failed and running ones do not count
+    assert plateaued(oracle, 1) == 1
+    add("05", "COMPLETED", 0.94)
+    assert plateaued(oracle, 2) == 1

@@ -9,7 +9,9 @@ with what is left of them, and a finished one goes straight to its confirmation:
   on several machines are counted once and the days between a kill and a resume not at all;
 - `n_trials`, when set: finished trials (complete or pruned) over every restart and worker; failed
   trials do not count, trials lost to a killed or interrupted worker are retried.
-`budget.max_consecutive_failures` failures in a row end the study as broken.
+`budget.max_consecutive_failures` failures in a row end the study as broken; `budget.plateau`
+finished trials without a better one end its search early, and the time left buys the confirmation
+more seeds (`confirm.max_seeds`).
 """
 
 from __future__ import annotations
@@ -160,18 +162,62 @@ def trial_seconds(t) -> float | None:
     return (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
 
 
-def confirmation_seconds(study, space: LoadedSpace, workers: int = 1) -> float:
-    """What the confirmation would cost if the search stopped now: the seeds still missing for the
-    current top trials and the baseline, each as long as that trial's own run took, trained `workers`
-    at a time (as its trials were, one per worker: mnist_lab/parallel.py), so never less than the longest."""
+def confirmation_seconds(study, space: LoadedSpace, workers: int = 1, seeds: int | None = None) -> float:
+    """What the confirmation would cost if the search stopped now: the seeds still missing (to `seeds`,
+    by default `confirm.seeds`) for the current top trials and the baseline, each as long as that
+    trial's own run took, trained `workers` at a time (as its trials were, one per worker:
+    mnist_lab/parallel.py), so never less than the longest."""
     confirm = space.space.confirm
+    seeds = seeds or confirm.seeds
     best_first = ranked(study, space)
     contenders = [t for t in best_first if not t.user_attrs.get("baseline")][: confirm.top]
     baseline = [t for t in best_first if t.user_attrs.get("baseline")]
-    seeds = [trial_seconds(t) or 0 for t in contenders + baseline for _ in range(confirm.seeds - 1)]
+    runs = [trial_seconds(t) or 0 for t in contenders + baseline for _ in range(seeds - 1)]
     if not baseline and contenders:  # not in the space: all its seeds are trained then, guessed as long as the best's
-        seeds += [trial_seconds(contenders[0]) or 0] * confirm.seeds
-    return max(sum(seeds) / workers, max(seeds)) if seeds else 0.0
+        runs += [trial_seconds(contenders[0]) or 0] * seeds
+    return max(sum(runs) / workers, max(runs)) if runs else 0.0
+
+
+def confirmation_seeds(study, space: LoadedSpace, end: float | None, workers: int = 1) -> int:
+    """Seeds for each confirmed configuration: `confirm.seeds`, or more, up to `confirm.max_seeds`, when
+    the time budget left fits them and its `confirm.reserve` (a search stopped at a plateau leaves time:
+    it goes here)."""
+    confirm = space.space.confirm
+    if end is None or confirm.max_seeds is None:
+        return confirm.seeds
+    keep = confirm.reserve * (space.space.budget.timeout or 0)
+    fits = [n for n in range(confirm.seeds + 1, confirm.max_seeds + 1)
+            if time.time() + confirmation_seconds(study, space, workers, n) + keep <= end]
+    return max(fits, default=confirm.seeds)
+
+
+PLATEAU_ATTR = "plateau_reached"  # [the best trial's number, budget.plateau] when the search stopped at a plateau
+
+
+def plateaued(study, space: LoadedSpace) -> int | None:
+    """The best trial's number once `budget.plateau` trials have finished after it (complete or pruned,
+    numbered after it) without beating it; else None. With several objectives, after the newest member
+    of the Pareto front. Written on the study when first seen, so the stop holds for every worker and
+    machine even if a trial still running then ends better (the confirmation ranks it all the same);
+    a space with another `plateau` reads the study afresh."""
+    from optuna.trial import TrialState
+
+    plateau = space.space.budget.plateau
+    if plateau is None:
+        return None
+    reached = study.user_attrs.get(PLATEAU_ATTR)
+    if reached is not None and reached[1] == plateau:
+        return reached[0]
+    front = study.best_trials if space.space.multi_objective else ranked(study, space)[:1]
+    if not front:
+        return None
+    best = max(t.number for t in front)
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    after = [t for t in study.get_trials(deepcopy=False, states=states) if t.number > best]  # pragma: no mutate (a copy changes no value)
+    if len(after) < plateau:
+        return None
+    study.set_user_attr(PLATEAU_ATTR, [best, plateau])
+    return best
 
 
 def search_time_left(study, space: LoadedSpace, end: float | None, workers: int = 1) -> bool:
@@ -200,10 +246,10 @@ def trials_left(study, space: LoadedSpace) -> bool:
 
 
 def may_start_another(study, space: LoadedSpace, end: float | None, workers: int = 1) -> bool:
-    """Neither the trial budget nor the time budget spent, and the space not broken."""
+    """Neither the trial budget nor the time budget spent, the search not stalled, the space not broken."""
     budget = space.space.budget
     return (trials_left(study, space) and failures_in_a_row(study) < budget.max_consecutive_failures
-            and search_time_left(study, space, end, workers))
+            and plateaued(study, space) is None and search_time_left(study, space, end, workers))
 
 
 def why_stopped(study, space: LoadedSpace, end: float | None, workers: int = 1) -> tuple[str, bool]:
@@ -217,6 +263,9 @@ def why_stopped(study, space: LoadedSpace, end: float | None, workers: int = 1) 
     if end is not None and not search_time_left(study, space, end, workers):
         return (f"stopped: the study's time budget ({budget.timeout:.0f} s) has room only for the confirmation, "
                 f"after {c.finished} finished trials"), True
+    if (best := plateaued(study, space)) is not None:
+        return (f"stopped: {budget.plateau} trials finished after trial {best}, then the best, without beating it "
+                f"(budget.plateau); {c.finished} trials finished"), True
     in_a_row = failures_in_a_row(study)
     if in_a_row >= budget.max_consecutive_failures:
         # The last of the space's own failures, not an interrupted trial's "runs again on resume".

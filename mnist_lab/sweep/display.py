@@ -69,7 +69,10 @@ class Progress:
                         f"({minutes(left)} of it left)")
         if self.cap is not None:
             said.append(f"{self.cap} finished trials")
-        return "the study ends at " + ", or ".join(said) + ", whichever comes first" * (len(said) > 1)
+        text = "the study ends at " + ", or ".join(said) + ", whichever comes first" * (len(said) > 1)
+        if (plateau := self.space.space.budget.plateau) is not None:
+            text += f"; its search stops early once {plateau} trials finish after the best without beating it"
+        return text
 
     def eta(self, finished: int) -> str:
         """From the pace of the trials finished in this invocation toward the trial cap, capped by the

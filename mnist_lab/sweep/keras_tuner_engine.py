@@ -11,7 +11,9 @@ own state lives in mlruns/keras_tuner/<study>/, which is what makes a rerun resu
 The budget is the space's, read as the Optuna engine reads it: a time budget is the study's (its
 spans in mlruns/keras_tuner/<study>/time_spans.json, summed over invocations), and no trial starts
 once it and the confirmation would not fit; `n_trials`, when set, caps RandomSearch and Bayesian
-optimisation (Hyperband sizes its own brackets).
+optimisation (Hyperband sizes its own brackets); `plateau`, when set, stops RandomSearch and Bayesian
+optimisation after that many complete trials without a better one. `confirm.max_seeds` is the
+Optuna engine's alone.
 """
 
 from __future__ import annotations
@@ -81,6 +83,19 @@ def time_is_up(clock: Clock, space: LoadedSpace, trial_seconds: list[float]) -> 
     return time.time() + typical + max(confirmation, s.confirm.reserve * (s.budget.timeout or 0)) >= clock.end
 
 
+def plateaued(oracle, plateau: int | None) -> int | None:
+    """The best trial's number once `plateau` trials completed after it (KerasTuner's ids count up)
+    without beating it; else None. A tie keeps the earlier trial best, whatever order a resume loaded them in."""
+    if plateau is None:
+        return None
+    done = [t for t in oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    if not done:
+        return None
+    sign = 1 if oracle.objective.direction == "max" else -1
+    best = int(max(done, key=lambda t: (sign * t.score, -int(t.trial_id))).trial_id)
+    return best if sum(int(t.trial_id) > best for t in done) >= plateau else None
+
+
 def run(setup: StudySetup) -> dict[str, Any]:
     import keras_tuner as kt
     from mlflow import MlflowClient
@@ -115,6 +130,8 @@ def run(setup: StudySetup) -> dict[str, Any]:
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}[algo]
     # Without a trial cap the time budget stops the search (pre_create_trial): KerasTuner itself needs a count.
     budget = {"max_epochs": max_epochs, "factor": 3} if algo == "hyperband" else {"max_trials": s.budget.n_trials or 10_000}
+    # Hyperband's trials run for different numbers of epochs: a 1-epoch trial not beating a 9-epoch one is no plateau.
+    plateau = None if algo == "hyperband" else s.budget.plateau
     printed = []
     clock = Clock(SpansFile(project / "time_spans.json"), s.budget.timeout)
     seconds: list[float] = []
@@ -122,8 +139,9 @@ def run(setup: StudySetup) -> dict[str, Any]:
     class MlflowTuner(base):
         def pre_create_trial(self):
             clock.tick(now=True)
-            if time_is_up(clock, space, seconds):
-                self.oracle.max_trials = len(self.oracle.trials)  # KerasTuner's own stop: its next trial is STOPPED
+            if time_is_up(clock, space, seconds) or plateaued(self.oracle, plateau) is not None:
+                # KerasTuner's own stop: its next trial is STOPPED (a cap of 0 would read as no cap at all).
+                self.oracle.max_trials = len(self.oracle.trials) or -1
             super().pre_create_trial()
 
         def run_trial(self, trial, *args, **kwargs):
@@ -222,8 +240,11 @@ def run(setup: StudySetup) -> dict[str, Any]:
     runs = champion.ranked_trial_runs(client, parent, objective.metric, objective.way == "maximize")
     failed = client.search_runs([setup.experiment_id], f"tags.study = '{study_name}' and tags.state = 'FAIL'")
     timed_out = clock.end is not None and time_is_up(clock, space, seconds)
+    best_number = plateaued(tuner.oracle, plateau)
     stopped = failed_out or (f"stopped: the study's time budget ({s.budget.timeout:.0f} s) has room only for the confirmation, "
                              f"after {len(runs)} complete trials" if timed_out
+                             else f"stopped: {plateau} trials completed after trial {best_number}, then the best, without beating "
+                                  f"it (budget.plateau); {len(runs)} complete trials" if best_number is not None
                              else f"stopped: KerasTuner's {algo} search is done ({len(runs)} complete trials)")
     print(stopped, flush=True)
     trials = f"{len(runs)} complete, 0 pruned, {len(failed)} failed"

@@ -155,14 +155,15 @@ def conclude(setup: StudySetup, storage_url: str, parent_run_id: str, clock: bud
     elif best is not None:  # an unfinished study (stopped by failures, not by its budget or time) crowns nothing
         confirm = space.space.confirm
         baseline = next((t.user_attrs["mlflow_run_id"] for t in best_first if t.user_attrs.get("baseline")), None)
+        seeds = budget.confirmation_seeds(study, space, clock.end, n_workers)
         console.print(f"confirmation: the top {confirm.top} trials and the baseline{'' if baseline else ' (not in the space: from its config)'}, "
-                      f"{confirm.seeds} training seeds each")
+                      f"{seeds} training seeds each{' (the time left fits more than confirm.seeds)' * (seeds > confirm.seeds)}")
         # The confirmation has the rest of the time budget, but at least the time it is estimated to need:
         # a study killed during its confirmation after the budget ran out still finishes it on resume.
-        deadline = None if clock.end is None else max(clock.end, time.time() + budget.confirmation_seconds(study, space, n_workers))
+        deadline = None if clock.end is None else max(clock.end, time.time() + budget.confirmation_seconds(study, space, n_workers, seeds))
         verdict = champion.confirm_and_crown(
             setup.name, parent_run_id, [t.user_attrs["mlflow_run_id"] for t in best_first], baseline or setup.base,
-            confirm.top, confirm.seeds, setup.data_dir, deadline=deadline, floor=confirm.min_val_accuracy,
+            confirm.top, seeds, setup.data_dir, deadline=deadline, floor=confirm.min_val_accuracy,
             on_result=lambda c, seed, v: (console.print(f"  {c.label} seed {seed}: val_accuracy {v:.4f}"), clock.tick()),
             workers=n_workers,
         )

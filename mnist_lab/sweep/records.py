@@ -80,7 +80,7 @@ def create_parent_run(study: StudySetup, engine: str, search_state: str, sampler
             "space": study.space.text[:5000], "engine": engine, "sampler": sampler or s.sampler,
             "sampler_seed": str(s.seed), "pruner": s.pruner,
             "objective": ", ".join(f"{o.way} {o.metric}" for o in s.objective), "n_trials": str(s.budget.n_trials or "none"),
-            "timeout": str(s.budget.timeout or "none"),
+            "timeout": str(s.budget.timeout or "none"), "plateau": str(s.budget.plateau or "none"),
             "git_commit": commit, "git_dirty": str(dirty).lower(), "command": tracking.command_line(),
             "tracking_uri": tracking.redact(tracking.current_uri()), "worker": tracking.worker_id(),
             "search_state": search_state,

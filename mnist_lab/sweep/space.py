@@ -5,8 +5,8 @@
     objective: val_accuracy             # or [{metric: val_accuracy, direction: maximize}, {metric: param_count, direction: minimize}]
     sampler: tpe                        # tpe | random | qmc | grid | nsga2
     pruner: hyperband                   # none | median | sha | sha-pooled | hyperband, on training images seen, 8 reports per epoch
-    budget: {timeout: 1800, max_consecutive_failures: 5}   # and/or n_trials: 20 (without either: 20 trials)
-    confirm: {top: 2, seeds: 3, reserve: 0.1}   # retrain the best 2 and the baseline to 3 seeds before crowning
+    budget: {timeout: 1800, plateau: 12}   # and/or n_trials: 20 (without either: 20 trials); plateau: stop when stalled
+    confirm: {top: 2, seeds: 3, max_seeds: 5}   # retrain the best 2 and the baseline to 3 seeds (5 if time is left) before crowning
     params:
       model.conv_blocks.0.filters: {low: 16, high: 64, step: 16}
       train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
@@ -97,6 +97,11 @@ class Budget(_Strict):
     # this many in a row means the space itself is broken: the sweep stops and exits non-zero.
     # Trials lost to a killed or interrupted worker never count: they are retried.
     max_consecutive_failures: int = Field(5, ge=1)
+    # A search that has stalled stops: once this many trials have finished after the best without
+    # beating it (TPE keeps proposing the corner it has learnt and the pruner keeps cutting it), the
+    # rest of the time budget goes to the confirmation (up to `confirm.max_seeds` seeds each), where
+    # it still pays. A study stopped so continues only with another value here.
+    plateau: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -114,9 +119,18 @@ class Confirm(_Strict):
     # The search stops starting trials when the next one and the confirmation (estimated from the
     # trials' own durations) no longer fit in budget.timeout; at least this fraction stays free.
     reserve: float = Field(0.1, ge=0, lt=1)
+    # Seeds each may get when the search leaves time (a plateau): as many as fit before the time
+    # budget ends, its reserve kept, never fewer than `seeds`. None, or no time budget: `seeds`.
+    max_seeds: int | None = Field(None, ge=2)
     # Nothing whose seed mean is under this is crowned, whatever it beats, and an uncrowned best under
     # it gets no test evaluation: on MNIST a network under 90% has failed, not won.
     min_val_accuracy: float = Field(0.9, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def enough_seeds(self):
+        if self.max_seeds is not None and self.max_seeds < self.seeds:
+            raise ValueError(f"max_seeds ({self.max_seeds}) is under seeds ({self.seeds}): raise it, or leave it out")
+        return self
 
 
 class Space(_Strict):
