@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -493,10 +494,15 @@ def test_another_sampler_seed_draws_other_trials_in_a_study_of_its_own_and_a_stu
 
 
 def test_a_keras_tuner_study_out_of_time_before_its_first_trial_trains_nothing(store, capsys):
-    # KerasTuner reads a max_trials of 0 as no cap at all: the engine's stop must say -1 then.
-    assert main(["sweep", SMOKE, "--engine", "keras-tuner", "--timeout", "0.001"]) == 0
+    # KerasTuner reads a max_trials of 0 as no cap at all: the engine's stop must say -1 then. The study
+    # has already run 50 s (its spans, as a killed first invocation leaves them) of a 10 s budget.
+    project = store / "mlruns" / "keras_tuner" / "smoke-keras-tuner"
+    project.mkdir(parents=True)
+    now = time.time()
+    (project / "time_spans.json").write_text(json.dumps({"time_span host:1:1": [now - 100, now - 50]}))
+    assert main(["sweep", SMOKE, "--engine", "keras-tuner", "--timeout", "10"]) == 0
     out = capsys.readouterr().out
-    assert "stopped: the study's time budget (0 s) has room only for the confirmation, after 0 complete trials" in out
+    assert "stopped: the study's time budget (10 s) has room only for the confirmation, after 0 complete trials" in out
     assert not runs_of("smoke-keras-tuner")
 
 
