@@ -41,8 +41,8 @@ METHODS = {"default": {}, "random": {"sampler": "random", "pruner": "none"}}
 
 def code_version() -> str:
     """The trees measured (a docs-only commit keeps it), `+changes` when the working tree differs."""
-    trees = subprocess.run(["git", "rev-parse", "--short", "HEAD:mnist_lab", "HEAD:experiments"], cwd=REPO,
-                           capture_output=True, text=True).stdout.split()
+    trees = [t[:7] for t in subprocess.run(["git", "rev-parse", "HEAD:mnist_lab", "HEAD:experiments"], cwd=REPO,
+                                           capture_output=True, text=True).stdout.split()]
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "mnist_lab", "experiments"], cwd=REPO).returncode
     return "/".join(trees) + ("+changes" if dirty else "")
 
@@ -88,16 +88,16 @@ def summary(rows: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The README's table: one line per study, seed by seed, the two methods side by side."""
-    lines = ["| sampler seed | method | wall, min | CPU (of 200%) | trials (complete) | best confirmed | its seeds, mean "
-             "| baseline's mean | crowned | test accuracy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["seed"], r["method"])):
+    lines = ["| commit | sampler seed | method | wall, min | CPU (of 200%) | trials (complete) | best confirmed | its seeds, mean "
+             "| baseline's mean | crowned | test accuracy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["date"], r["commit"], r["seed"], r["method"])):
         seeds = r.get("best_seeds") or {}
         scores = " / ".join(f"{seeds[k]:.4f}" for k in sorted(seeds, key=int))
         mean = f"{scores} = **{r['best_mean']:.4f}**" if r.get("best_mean") is not None else "none"
         after = "" if r["method"] != "default" or not r.get("best_confirmed") else (
             " (after the start-up)" if r.get("found_after_startup") else " (a start-up draw)")
         test = f"{r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "-"
-        lines.append(f"| {r['seed']} | {r['method']} | {r['sweep']['wall_s'] / 60:.1f} | {r['sweep']['cpu_pct']:.0f}% "
+        lines.append(f"| {r['commit']} | {r['seed']} | {r['method']} | {r['sweep']['wall_s'] / 60:.1f} | {r['sweep']['cpu_pct']:.0f}% "
                      f"| {r['trials']} ({r['complete']}) | {r.get('best_confirmed')}{after} | {mean} "
                      f"| {r['baseline_mean']:.4f} | {r.get('crowned') or 'nothing'} | {test} |")
     return "\n".join(lines)
@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--table", action="store_true", help="print the table of the rows of this machine and code, run nothing")
+    ap.add_argument("--table", action="store_true", help="print the table of this machine's rows (each with its commit), run nothing")
     ap.add_argument("--check", action="store_true", help="tiny studies (2,000 images, 150 s) to check this script; use another --out")
     args = ap.parse_args()
     if not os.environ.get("MNIST_LAB_DATA"):
@@ -117,8 +117,7 @@ def main() -> None:
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {"runs": []}
     if args.table:
-        print(table([r for r in data["runs"] if r["machine"] == stamp["machine"] and r["code"] == stamp["code"]
-                     and r["check"] == args.check]))
+        print(table([r for r in data["runs"] if r["machine"] == stamp["machine"] and r["check"] == args.check]))
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
         order = list(METHODS) if seed % 2 == 0 else list(reversed(METHODS))

@@ -296,7 +296,7 @@ def test_a_search_with_no_better_trial_in_plateau_finished_ones_stops_and_goes_t
 
 
 def test_with_several_objectives_the_plateau_counts_from_the_newest_member_of_the_pareto_front(tmp_path):
-    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 2}\n"
+    space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 2}\npruner: none\n"
                                "objective: [val_accuracy, {metric: param_count, direction: minimize}]\n")
     study = optuna.create_study(directions=["maximize", "minimize"])
     add(study, "COMPLETE", [0.99, 500_000])  # 0: the most accurate
