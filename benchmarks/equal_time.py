@@ -32,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from fresh_sweeps import machine, study_of, timed
+from bench import ENV
+from fresh_sweeps import machine, study_name, study_of, timed
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "equal_time.json"
@@ -52,16 +53,13 @@ def study(method: str, seed: int, check: bool) -> dict:
     space = yaml.safe_load((REPO / "experiments/sweep.yaml").read_text())
     space |= METHODS[method] | {"base": str(REPO / "experiments/baseline.yaml")}
     (folder / "sweep.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
-    env = os.environ | {"CI": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [str(REPO / ".venv/bin/mnist-lab"), "sweep", "sweep.yaml", "--seed", str(seed)]
     if check:  # a minutes-long run of this script itself, not a measurement
         cmd += ["--timeout", "150", "data.train_size=2000", "data.validation_size=1000", "train.epochs=1"]
     row = {"method": method, "seed": seed, "space": METHODS[method], "folder": str(folder),
-           "sweep": timed(cmd, folder, folder / "sweep.log", env)}
-    name = "sweep-optuna" if seed == 0 else f"sweep-optuna-seed{seed}"
+           "sweep": timed(cmd, folder, folder / "sweep.log", ENV)}
     try:
-        row |= study_of(folder, name)
+        row |= study_of(folder, study_name(seed))
     except Exception as e:  # the next study runs whatever happens here; the stores stay to read again
         row["read_error"] = repr(e)
     return row

@@ -31,6 +31,11 @@ OUT = REPO / "benchmarks" / "fresh_sweeps.json"
 STARTUP_TRIALS = 10  # TPE's random start-up in the default study (mnist_lab/sweep/optuna_study.py)
 
 
+def study_name(seed: int) -> str:
+    """The default study's name for a sampler seed, as `mnist-lab sweep --seed` names it."""
+    return "sweep-optuna" if seed == 0 else f"sweep-optuna-seed{seed}"
+
+
 def timed(cmd: list[str], cwd: Path, log: Path, env: dict | None = None) -> dict:
     """Wall and CPU seconds of `cmd` and all it waited for (RUSAGE_CHILDREN counts the whole tree)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -101,7 +106,7 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(REPO), str(folder)], check=True)
         setup = timed(["make", "setup"], folder, folder.parent / "setup.log")
         sweep = timed(["make", "sweep", f"SEED={seed}"], folder, folder.parent / "sweep.log")
-        name = "sweep-optuna" if seed == 0 else f"sweep-optuna-seed{seed}"
+        name = study_name(seed)
         row = {"seed": seed, "commit": commit, "date": date.today().isoformat(), "machine": machine(),
                "folder": str(folder), "study": name, "setup": setup, "sweep": sweep}
         try:  # the next seed's sweep runs whatever happens here: the stores stay in the folder to read again

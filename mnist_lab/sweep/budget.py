@@ -178,6 +178,11 @@ def confirmation_seconds(study, space: LoadedSpace, workers: int = 1, seeds: int
     return max(sum(runs) / workers, max(runs)) if runs else 0.0
 
 
+def reserve_seconds(space: LoadedSpace) -> float:
+    """The part of the time budget that stays free whatever the estimates say (`confirm.reserve`)."""
+    return space.space.confirm.reserve * (space.space.budget.timeout or 0)
+
+
 def confirmation_seeds(study, space: LoadedSpace, end: float | None, workers: int = 1) -> int:
     """Seeds for each confirmed configuration: `confirm.seeds`, or more, up to `confirm.max_seeds`, when
     the time budget left fits them and its `confirm.reserve` (a search stopped at a plateau leaves time:
@@ -185,9 +190,8 @@ def confirmation_seeds(study, space: LoadedSpace, end: float | None, workers: in
     confirm = space.space.confirm
     if end is None or confirm.max_seeds is None:
         return confirm.seeds
-    keep = confirm.reserve * (space.space.budget.timeout or 0)
     fits = [n for n in range(confirm.seeds + 1, confirm.max_seeds + 1)
-            if time.time() + confirmation_seconds(study, space, workers, n) + keep <= end]
+            if time.time() + confirmation_seconds(study, space, workers, n) + reserve_seconds(space) <= end]
     return max(fits, default=confirm.seeds)
 
 
@@ -235,7 +239,7 @@ def search_time_left(study, space: LoadedSpace, end: float | None, workers: int 
     finished = [trial_seconds(t) for t in study.get_trials(deepcopy=False, states=states)]  # pragma: no mutate (a copy changes no value)
     finished = [s for s in finished if s is not None]
     next_trial = float(np.percentile(finished, 75)) if finished else 0.0
-    keep = max(space.space.confirm.reserve * (space.space.budget.timeout or 0), confirmation_seconds(study, space, workers))
+    keep = max(reserve_seconds(space), confirmation_seconds(study, space, workers))
     return time.time() + next_trial + keep < end
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from mnist_lab import champion, tracking
 from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, StoreLost, store_fault
 from mnist_lab.sweep import records
-from mnist_lab.sweep.budget import Clock
+from mnist_lab.sweep.budget import Clock, reserve_seconds
 from mnist_lab.sweep.display import verdict_lines
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.objective import objective_value
@@ -80,7 +80,7 @@ def time_is_up(clock: Clock, space: LoadedSpace, trial_seconds: list[float]) -> 
     s = space.space
     typical = statistics.median(trial_seconds) if trial_seconds else 0.0
     confirmation = ((s.confirm.seeds - 1) * s.confirm.top + s.confirm.seeds) * typical  # the baseline from its config
-    return time.time() + typical + max(confirmation, s.confirm.reserve * (s.budget.timeout or 0)) >= clock.end
+    return time.time() + typical + max(confirmation, reserve_seconds(space)) >= clock.end
 
 
 def plateaued(oracle, plateau: int | None) -> int | None:
