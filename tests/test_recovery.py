@@ -231,3 +231,31 @@ def test_unlocked_waits_out_a_write_lock_that_optuna_reports_as_its_own_error(st
     assert recovery.unlocked(storage.set_trial_state_values, trial_id, TrialState.FAIL)
     assert 0.9 < time.time() - started < 10 and storage.get_trial(trial_id).state == TrialState.FAIL
     holder.close()
+
+
+def test_a_stopping_trial_whose_last_write_meets_the_lock_is_the_interruption_not_a_fault(store):
+    """A clean-clone `make test` once ended a SIGHUP'd sweep with a traceback: the trial, stopping, could not
+    write its end (SQLite's lock) and Optuna failed its own "Should not reach" assert. The worker now takes
+    that as the interruption it is (the sweep fails and queues the trial); without the halt set, it is a fault."""
+    import sqlite3
+
+    from mnist_lab.sweep.budget import Halt
+    from mnist_lab.sweep.workers import stopping_write
+
+    db = store / "locked.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", engine_kwargs={"connect_args": {"timeout": 0.2}})
+    study = optuna.create_study(study_name="s", storage=storage)
+    halt, holder = Halt(), sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    def stopped_while_another_writes(trial):
+        halt.set()
+        holder.execute("BEGIN EXCLUSIVE")
+        raise optuna.TrialPruned()
+
+    with pytest.raises(Exception) as e:
+        study.optimize(stopped_while_another_writes, n_trials=1, catch=(Exception,))
+    holder.execute("COMMIT")
+    assert stopping_write(e.value, halt) and not stopping_write(e.value, Halt())
+    assert not stopping_write(RuntimeError("a bug"), halt)
+    assert study.trials[0].state == TrialState.RUNNING  # left for the sweep to fail and queue again
+    holder.close()

@@ -66,6 +66,8 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
                 continue
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     except Exception as e:  # the storage itself went away (its errors reach here, not the objective's)
+        if stopping_write(e, stop):
+            return
         fault = store_fault(e)
         if fault is None:
             raise
@@ -79,6 +81,13 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
 
             recovery.settle_interrupted(study, storage, {tracking.worker_id()})
             end_interrupted(MlflowClient(), settings.study, settings.parent_run_id, {tracking.worker_id()})
+
+
+def stopping_write(error: BaseException, stop: Halt) -> bool:
+    """Whether `error` is a stopping trial's last write meeting SQLite's lock (Optuna then fails its own
+    "Should not reach" assert): not a fault, as the trial is still RUNNING and the sweep fails and
+    queues it again like any trial cut short by Ctrl-C."""
+    return stop.is_set() and recovery.locked(error)
 
 
 def work_in_process(settings: WorkerSettings) -> None:
