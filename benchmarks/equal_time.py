@@ -78,7 +78,7 @@ def summary(rows: list[dict]) -> dict:
             "crowned": [r["crowned"] for r in mine], "test_accuracy": [r["test_accuracy"] for r in mine],
             "trials": [r["trials"] for r in mine], "complete": [r["complete"] for r in mine],
             "wall_min": [r["sweep"]["wall_s"] / 60 for r in mine], "cpu_pct": [r["sweep"]["cpu_pct"] for r in mine],
-            # Random search has no start-up to be found after: TPE's first 10 trials are its random draws.
+            # Random search has no start-up to be found after: TPE's first trials are its random draws.
             "found_after_startup": sum(bool(r["found_after_startup"]) for r in mine) if method == "default" else None,
         }
     return out

@@ -26,9 +26,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+from mnist_lab.sweep.optuna_study import startup_trials
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "fresh_sweeps.json"
-STARTUP_TRIALS = 10  # TPE's random start-up in the default study (mnist_lab/sweep/optuna_study.py)
+STARTUP_TRIALS = startup_trials(None)  # TPE's random start-up in the default study (no trial cap)
 
 
 def study_name(seed: int) -> str:
