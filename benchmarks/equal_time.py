@@ -104,10 +104,13 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(METHODS), help="which of them to run (default: both), e.g. to redo one after a change that leaves the other as it was")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--table", action="store_true", help="print the table of this machine's rows (each with its commit), run nothing")
     ap.add_argument("--check", action="store_true", help="tiny studies (2,000 images, 150 s) to check this script; use another --out")
     args = ap.parse_args()
+    if unknown := set(args.methods.split(",")) - set(METHODS):
+        sys.exit(f"equal_time: --methods {args.methods}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     if not os.environ.get("MNIST_LAB_DATA"):
         sys.exit("equal_time: set MNIST_LAB_DATA to the folder with the four MNIST IDX files")
     stamp = {"date": date.today().isoformat(), "machine": machine(), "code": code_version(),
@@ -119,6 +122,7 @@ def main() -> None:
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
         order = list(METHODS) if seed % 2 == 0 else list(reversed(METHODS))
+        order = [m for m in order if m in args.methods.split(",")]
         for method in order:
             print(f"equal_time: {method} seed {seed} ...", flush=True)
             row = stamp | study(method, seed, args.check) | {"check": args.check}

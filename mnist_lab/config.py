@@ -138,6 +138,9 @@ class ModelConfig(_Section):
         return sizes + [size]
 
 
+ONE_CYCLE_WARMUP = 0.3  # the fraction of a one-cycle run over which its rate climbs from a 25th of its peak
+
+
 class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)  # Keras' Adam default

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mnist_lab.config import IMAGE_SIZE, Config
+from mnist_lab.config import IMAGE_SIZE, ONE_CYCLE_WARMUP, Config
 
 NUM_CLASSES = 10
 
@@ -70,7 +70,7 @@ def learning_rate(config: Config) -> float | keras.optimizers.schedules.Learning
     if t.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=total)
     if t.lr_schedule == "one_cycle":
-        warmup = max(1, int(0.3 * total))
+        warmup = max(1, int(ONE_CYCLE_WARMUP * total))
         return keras.optimizers.schedules.CosineDecay(
             t.learning_rate / 25, decay_steps=max(1, total - warmup), warmup_target=t.learning_rate, warmup_steps=warmup
         )

@@ -260,7 +260,7 @@ def test_the_stop_quotes_the_last_failure_of_the_space_not_an_interrupted_trial_
     assert not done and said.startswith("stopped: 2 trials failed in a row (the last: kernel 7 is larger than the 4x4 feature map), ")
 
 
-def test_a_search_with_no_better_trial_in_plateau_finished_ones_stops_and_goes_to_its_confirmation(tmp_path):
+def test_a_search_with_no_better_trial_in_plateau_complete_ones_stops_and_goes_to_its_confirmation(tmp_path):
     space = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 3}\n")
     study = optuna.create_study(direction="maximize")
     far = time.time() + 10_000
@@ -272,17 +272,19 @@ def test_a_search_with_no_better_trial_in_plateau_finished_ones_stops_and_goes_t
     add(study, "FAIL", fail_reason="x")  # 5: a failure is not a trial that could have been better
     assert budget.plateaued(study, space) is None and budget.may_start_another(study, space, far)
     add(study, "COMPLETE", 0.999)  # 6: better: the count starts again from here
-    for _ in range(2):
-        add(study, "PRUNED")  # 7, 8
+    for _ in range(5):
+        add(study, "PRUNED")  # 7-11: pruned in seconds, they are no plateau (section j at 05f53ad: 8 of 12 were)
+    add(study, "COMPLETE", 0.99)  # 12
+    add(study, "COMPLETE", 0.999)  # 13: a tie
     assert budget.plateaued(study, space) is None and budget.may_start_another(study, space, far)
-    add(study, "PRUNED")  # 9: the third finished since the best
+    add(study, "COMPLETE", 0.98)  # 14: the third complete since the best
     assert budget.plateaued(study, space) == 6
     assert not budget.may_start_another(study, space, far)
     assert budget.why_stopped(study, space, far) == (
-        "stopped: 3 trials finished after trial 6, then the best, without beating it (budget.plateau); 8 trials finished", True)
+        "stopped: 3 trials completed after trial 6, then the best, without beating it (budget.plateau); 13 trials finished", True)
     # The stop holds: a trial that was still running and ends better does not restart the search on any
     # worker (the confirmation ranks it all the same)...
-    add(study, "COMPLETE", 0.9995)  # 10
+    add(study, "COMPLETE", 0.9995)  # 15
     assert budget.plateaued(study, space) == 6 and not budget.may_start_another(study, space, far)
     # ...unless the space asks for another plateau: the study is read afresh, and goes on
     patient = space_of(tmp_path, "params: {train.epochs: {low: 1, high: 3}}\nbudget: {timeout: 1000, plateau: 5}\n")
@@ -303,7 +305,7 @@ def test_with_several_objectives_the_plateau_counts_from_the_newest_member_of_th
     add(study, "COMPLETE", [0.98, 100_000])  # 1: on the front, smaller: a better trial too
     add(study, "COMPLETE", [0.97, 400_000])  # 2: dominated
     assert budget.plateaued(study, space) is None
-    add(study, "PRUNED")  # 3
+    add(study, "COMPLETE", [0.96, 450_000])  # 3: dominated too
     assert budget.plateaued(study, space) == 1
 
 

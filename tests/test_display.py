@@ -98,7 +98,7 @@ def test_without_a_trial_cap_the_display_counts_the_study_s_time_and_a_resume_ha
         live = drawn(progress)
     err = capsys.readouterr().err
     assert re.search(r"the study ends at the study's time budget, 10:00 for search and confirmation \(3:(19|20) of it left\); "
-                     r"its search stops early once 12 trials finish after the best without beating it$",
+                     r"its search stops early once 12 trials complete after the best without beating it$",
                      err, re.MULTILINE)
     assert re.search(r"trials 1 ", live) and re.search(r"6:4[01] of 10:00", live) and re.search(r"ETA 3:(19|20)", live)
     assert progress.bar.tasks[0].total == 600 and 399 < progress.bar.tasks[0].completed < 402

@@ -71,7 +71,7 @@ class Progress:
             said.append(f"{self.cap} finished trials")
         text = "the study ends at " + ", or ".join(said) + ", whichever comes first" * (len(said) > 1)
         if (plateau := self.space.space.budget.plateau) is not None:
-            text += f"; its search stops early once {plateau} trials finish after the best without beating it"
+            text += f"; its search stops early once {plateau} trials complete after the best without beating it"
         return text
 
     def eta(self, finished: int) -> str:
