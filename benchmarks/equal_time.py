@@ -14,8 +14,10 @@ Each study runs `mnist-lab sweep` in a fresh folder (its own MLflow and Optuna s
 (benchmarks/fresh_sweeps.py's `study_of`): trials finished, the best confirmed trial's 3-seed mean, the
 crowned one, its test accuracy, whether it was found after TPE's random start-up. Every study is appended
 to benchmarks/equal_time.json as soon as it ends (about 28 min each), so a cut run loses one study; the
-summary is over every row of the same machine and the same code (mnist_lab/ and experiments/ trees).
-Run it with nothing else on the machine.
+summary is over every row of the same machine and the same code (mnist_lab/ and experiments/ trees);
+`--table` shows every row of this machine with its commit. `--methods default` reruns one method only,
+after a change that leaves the other's studies as they were (say so beside the table: its rows then
+come from two commits, and the runs are no longer interleaved). Run it with nothing else on the machine.
 """
 
 from __future__ import annotations

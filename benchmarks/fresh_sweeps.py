@@ -82,10 +82,19 @@ def study_of(folder: Path, name: str) -> dict:
             "stopped": tags.get("stopped"), "confirmation": tags.get("confirmation"), "crowned": crowned,
             "best_confirmed": best, "best_mean": means.get(best), "best_seeds": by_label.get(best),
             "best_params": study.trials[number].params if number is not None else None,
-            "found_after_startup": number is not None and number >= STARTUP_TRIALS,
+            "found_after_startup": number is not None and modelled(study, number),
             "baseline_mean": means.get("baseline"),
             "test_accuracy": evaluated.data.metrics.get("test_accuracy") if evaluated else None,
             "seed_means": means}
+
+
+def modelled(study, number: int) -> bool:
+    """Whether TPE proposed trial `number` from its model: by the sampler's own rule, as many trials had
+    finished (complete or pruned) when it started as the random start-up counts. With two workers a trial
+    numbered past the start-up can still be a random draw."""
+    start = study.trials[number].datetime_start
+    return sum(t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete is not None and t.datetime_complete <= start
+               for t in study.trials) >= STARTUP_TRIALS
 
 
 def machine() -> str:

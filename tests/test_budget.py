@@ -282,6 +282,9 @@ def test_a_search_with_no_better_trial_in_plateau_complete_ones_stops_and_goes_t
     assert not budget.may_start_another(study, space, far)
     assert budget.why_stopped(study, space, far) == (
         "stopped: 3 trials completed after trial 6, then the best, without beating it (budget.plateau); 13 trials finished", True)
+    # A stop written by the rule that counted pruned trials too ([best, plateau]) is read afresh
+    study.set_user_attr(budget.PLATEAU_ATTR, [13, 3])
+    assert budget.plateaued(study, space) == 6 and study.user_attrs[budget.PLATEAU_ATTR] == [6, 3, "complete"]
     # The stop holds: a trial that was still running and ends better does not restart the search on any
     # worker (the confirmation ranks it all the same)...
     add(study, "COMPLETE", 0.9995)  # 15

@@ -195,24 +195,25 @@ def confirmation_seeds(study, space: LoadedSpace, end: float | None, workers: in
     return max(fits, default=confirm.seeds)
 
 
-PLATEAU_ATTR = "plateau_reached"  # [the best trial's number, budget.plateau] when the search stopped at a plateau
+PLATEAU_ATTR = "plateau_reached"  # [the best trial's number, budget.plateau, "complete"] when the search stopped at a plateau
 
 
 def plateaued(study, space: LoadedSpace) -> int | None:
     """The best trial's number once `budget.plateau` trials have completed after it (numbered after it)
-    without beating it; else None. Pruned trials do not count: the default study prunes many within
-    seconds, and counting them (measured, section j at 05f53ad) stopped its search after 13 of its 27
-    minutes, 12 trials after its best, 8 of them pruned, with 7 minutes of the budget left unused. With several objectives, after the newest member
-    of the Pareto front. Written on the study when first seen, so the stop holds for every worker and
-    machine even if a trial still running then ends better (the confirmation ranks it all the same);
-    a space with another `plateau` reads the study afresh."""
+    without beating it; else None. With several objectives, after the newest member of the Pareto
+    front. Pruned trials do not count: the default study prunes many within seconds, and counting them
+    (section j at 05f53ad) stopped its search after 11 of its 27 minutes, 12 trials after its best, 8 of
+    them pruned, and the study ended 7 minutes early. Written on the study when first seen, so the stop
+    holds for every worker and machine even if a trial still running then ends better (the confirmation
+    ranks it all the same); a space with another `plateau`, or a stop written by the rule that counted
+    pruned trials, reads the study afresh."""
     from optuna.trial import TrialState
 
     plateau = space.space.budget.plateau
     if plateau is None:
         return None
     reached = study.user_attrs.get(PLATEAU_ATTR)
-    if reached is not None and reached[1] == plateau:
+    if reached is not None and list(reached[1:]) == [plateau, "complete"]:
         return reached[0]
     front = study.best_trials if space.space.multi_objective else ranked(study, space)[:1]
     if not front:
@@ -221,7 +222,7 @@ def plateaued(study, space: LoadedSpace) -> int | None:
     after = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number > best]  # pragma: no mutate (a copy changes no value)
     if len(after) < plateau:
         return None
-    study.set_user_attr(PLATEAU_ATTR, [best, plateau])
+    study.set_user_attr(PLATEAU_ATTR, [best, plateau, "complete"])
     return best
 
 

@@ -97,10 +97,10 @@ class Budget(_Strict):
     # this many in a row means the space itself is broken: the sweep stops and exits non-zero.
     # Trials lost to a killed or interrupted worker never count: they are retried.
     max_consecutive_failures: int = Field(5, ge=1)
-    # A search that has stalled stops: once this many trials have finished after the best without
-    # beating it (TPE keeps proposing the corner it has learnt and the pruner keeps cutting it), the
-    # rest of the time budget goes to the confirmation (up to `confirm.max_seeds` seeds each), where
-    # it still pays. A study stopped so continues only with another value here.
+    # A search that has stalled stops: once this many trials have completed after the best without
+    # beating it (pruned ones do not count: many stop within seconds), the rest of the time budget goes
+    # to the confirmation (up to `confirm.max_seeds` seeds each), where it still pays. A study stopped
+    # so continues only with another value here.
     plateau: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")

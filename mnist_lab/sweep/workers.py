@@ -67,20 +67,25 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     except Exception as e:  # the storage itself went away (its errors reach here, not the objective's)
         if stopping_write(e, stop):
+            settle_if_orphaned(settings, study, storage)
             return
         fault = store_fault(e)
         if fault is None:
             raise
         stop.set(fault)
     except KeyboardInterrupt:
-        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again...
-        if settings.threads and os.getppid() != settings.main_pid:
-            # ...unless it died (SIGKILL, OOM): then nobody will, so this worker settles its own trial and
-            # ends its runs and the study's run KILLED.
-            from mlflow import MlflowClient
+        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+        settle_if_orphaned(settings, study, storage)
 
-            recovery.settle_interrupted(study, storage, {tracking.worker_id()})
-            end_interrupted(MlflowClient(), settings.study, settings.parent_run_id, {tracking.worker_id()})
+
+def settle_if_orphaned(settings: WorkerSettings, study, storage) -> None:
+    """A stopped worker process whose sweep died (SIGKILL, OOM) settles its own trial, since nobody else
+    will: fails and queues it again, and ends its runs and the study's run KILLED."""
+    if settings.threads and os.getppid() != settings.main_pid:
+        from mlflow import MlflowClient
+
+        recovery.settle_interrupted(study, storage, {tracking.worker_id()})
+        end_interrupted(MlflowClient(), settings.study, settings.parent_run_id, {tracking.worker_id()})
 
 
 def stopping_write(error: BaseException, stop: Halt) -> bool:
