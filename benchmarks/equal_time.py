@@ -111,7 +111,8 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the table of this machine's rows (each with its commit), run nothing")
     ap.add_argument("--check", action="store_true", help="tiny studies (2,000 images, 150 s) to check this script; use another --out")
     args = ap.parse_args()
-    if unknown := set(args.methods.split(",")) - set(METHODS):
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
         sys.exit(f"equal_time: --methods {args.methods}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     if not os.environ.get("MNIST_LAB_DATA"):
         sys.exit("equal_time: set MNIST_LAB_DATA to the folder with the four MNIST IDX files")
@@ -124,7 +125,7 @@ def main() -> None:
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
         order = list(METHODS) if seed % 2 == 0 else list(reversed(METHODS))
-        order = [m for m in order if m in args.methods.split(",")]
+        order = [m for m in order if m in methods]
         for method in order:
             print(f"equal_time: {method} seed {seed} ...", flush=True)
             row = stamp | study(method, seed, args.check) | {"check": args.check}
