@@ -293,7 +293,19 @@ def _log_datasets(config: Config, split: data.Split, data_dir: str | Path | None
     for context, settings, images in (("training", (d.validation_size, d.seed, d.train_size), len(split.y_train)),
                                       ("validation", (d.validation_size, d.seed), len(split.y_val))):
         digest = hashlib.sha256(repr((split.digest, context, settings)).encode()).hexdigest()[:8]
-        mlflow.log_input(MetaDataset(source, name=f"mnist-{context}-{images}", digest=digest), context=context)
+        log_input(MetaDataset(source, name=f"mnist-{context}-{images}", digest=digest), context)
+
+
+def log_input(dataset, context: str) -> None:
+    """mlflow.log_input, tried once more when a run in another process logged the same new dataset
+    between the store's lookup and its insert (two workers or seeds starting at once): MLflow then
+    fails on the store's unique key, and the second try finds that dataset and links it."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as e:
+        if not any(w in str(e).lower() for w in ("unique constraint", "duplicate")):  # SQLite, PostgreSQL; MySQL
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:

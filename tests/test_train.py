@@ -149,3 +149,49 @@ def test_early_stopping_stops_and_keeps_the_best_weights(store):
     assert result.epochs_run < 30 and result.epochs_run == best + 1 + 2  # stopped 2 epochs after its best
     assert result.val_loss == pytest.approx(min(losses), rel=1e-2)  # the best epoch's weights, not the last
     assert MlflowClient().get_run(result.run_id).data.metrics["final_val_loss"] == pytest.approx(min(losses), rel=1e-2)
+
+
+# Another process that logs the same new dataset into the experiment, as a second worker starting a trial does.
+SAME_DATASET = """
+import mlflow
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mnist_lab import tracking
+tracking.setup()
+with mlflow.start_run():
+    mlflow.log_input(MetaDataset(HTTPDatasetSource("https://example.org/mnist"), name="mnist-training-300",
+                                 digest="98bdb4be"), context="training")
+"""
+
+
+def test_a_dataset_another_process_logs_between_mlflow_s_lookup_and_insert_is_linked_not_fatal(store):
+    """Two workers or seeds starting at once both find a new dataset missing from the experiment and both
+    insert it; the second meets the store's unique key (a parallel confirmation failed so in CI). Here the
+    other process's insert lands exactly there, between MLflow's lookup and its insert: the run still
+    gets its input, and the experiment keeps one dataset that both runs link."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from sqlalchemy import event
+
+    from mnist_lab.train import log_input
+
+    tracking.setup()
+    engine = MlflowClient()._tracking_client.store.engine
+    raced = []
+
+    def other_process_first(conn, cursor, statement, *args):
+        if statement.startswith("INSERT INTO datasets") and not raced:
+            raced.append(subprocess.run([sys.executable, "-c", SAME_DATASET], capture_output=True, text=True))
+
+    event.listen(engine, "before_cursor_execute", other_process_first)
+    try:
+        with mlflow.start_run() as run:
+            log_input(MetaDataset(HTTPDatasetSource("https://example.org/mnist"), name="mnist-training-300",
+                                  digest="98bdb4be"), "training")
+    finally:
+        event.remove(engine, "before_cursor_execute", other_process_first)
+    assert raced and raced[0].returncode == 0, raced and raced[0].stderr[-2000:]
+    runs = MlflowClient().search_runs([tracking.setup()])
+    assert len(runs) == 2 and run.info.run_id in {r.info.run_id for r in runs}
+    linked = [[(i.dataset.name, i.dataset.digest) for i in r.inputs.dataset_inputs] for r in runs]
+    assert linked == [[("mnist-training-300", "98bdb4be")]] * 2
