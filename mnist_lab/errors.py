@@ -5,6 +5,7 @@ pydantic's first complaint). A traceback is left for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import os
@@ -123,3 +124,28 @@ def stop_signals() -> tuple:
     import signal
 
     return (signal.SIGTERM,) + (() if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,))
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C, SIGTERM or SIGHUP heard inside the block stop the command as it leaves the block, not
+    inside it: for the main thread's store calls. A KeyboardInterrupt raised half-way through one can
+    leave its connection, and SQLite's lock, held, and the sweep then waits on its own lock for the
+    stopped trial's last write. Only signals whose handler raises (Python's Ctrl-C, the CLI's) wait."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raising = {s: h for s in (signal.SIGINT, *stop_signals()) if callable(h := signal.getsignal(s))}
+    heard: list[int] = []
+    for s in raising:
+        signal.signal(s, lambda signum, frame: heard.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in raising.items():
+            signal.signal(s, handler)
+        if heard:
+            raising[heard[0]](heard[0], None)

@@ -192,6 +192,46 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_where_they_stopped(store):
     assert not [r for r in MlflowClient().search_runs([tracking.setup()], "") if r.info.status == "RUNNING"]
 
 
+def test_a_signal_heard_during_the_main_thread_s_store_write_stops_the_sweep_after_the_write(tmp_path):
+    """The study's clock (and the live display) write and read the store from the sweep's main thread.
+    SIGTERM landing in the middle of the write's SQL stops the sweep once the write is done: raised
+    half-way, a KeyboardInterrupt once left SQLite's lock held and the stopping sweep waited on it for
+    good (a trial left RUNNING). Here the signal is sent from inside the SQL statement's execution."""
+    from sqlalchemy import event
+
+    from mnist_lab.cli import _interrupt
+    from mnist_lab.sweep.budget import Clock
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=storage, study_name="s")
+    clock = Clock(study, timeout=600)
+    sent = []
+
+    def signal_mid_write(conn, cursor, statement, *args):
+        if "study_user_attributes" in statement and not statement.lstrip().startswith("SELECT") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Python runs the handler at the next bytecode: here, before the statement ends
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # the CLI's: SIGTERM stops a command as Ctrl-C does
+    event.listen(storage.engine, "before_cursor_execute", signal_mid_write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            clock.tick(now=True)
+        assert signal.getsignal(signal.SIGTERM) is _interrupt  # the CLI's handler is back for what follows
+    finally:
+        event.remove(storage.engine, "before_cursor_execute", signal_mid_write)
+        signal.signal(signal.SIGTERM, previous)
+    assert sent
+    # The write finished, and nothing of it is held: another process writes the study at once.
+    assert optuna.load_study(study_name="s", storage=url).user_attrs[clock.key][0] == clock.started
+    other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
+                            "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
+                            ".set_user_attr('later', 1)", url], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-2000:]
+
+
 def test_a_space_that_keeps_failing_stops_at_its_limit_exits_non_zero_and_crowns_nothing(store, tmp_path):
     space = tmp_path / "doomed.yaml"
     space.write_text(

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from mnist_lab.errors import signals_deferred
 from mnist_lab.sweep.space import LoadedSpace
 
 
@@ -79,7 +80,7 @@ class Clock:
         if now or time.time() - self.ticked >= self.TICK_SECONDS:
             self.ticked = time.time()
             # Bookkeeping that the next tick redoes: a locked or briefly absent store is not worth a stop.
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), signals_deferred():
                 self.study.set_user_attr(self.key, [self.started, self.ticked])
 
 

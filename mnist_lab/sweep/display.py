@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from mnist_lab.champion import Verdict
+from mnist_lab.errors import signals_deferred
 from mnist_lab.sweep.budget import Clock, count, ranked, trial_seconds
 from mnist_lab.sweep.records import StudySetup
 from mnist_lab.sweep.space import LoadedSpace
@@ -48,12 +49,14 @@ class Progress:
         self.epoch_images = setup.base.data.train_count()  # the command line's data.train_size included
 
     def __enter__(self):
+        # Read before the bar starts: a Ctrl-C heard during the read stops the sweep after it, with no bar to close.
+        with signals_deferred():
+            self.start_finished = count(self.study).finished
         self.bar.__enter__()
         self.console.print(f"[dim]{self.LEGEND}[/dim]")
         self.console.print(f"[dim]{self.bounds()}[/dim]", soft_wrap=True)
         self.task = self.bar.add_task("sweep", total=self.clock.timeout or self.cap, trials="", states="", best="-",
                                       time="", eta="-")
-        self.start_finished = count(self.study).finished
         return self
 
     def __exit__(self, *exc):
@@ -86,6 +89,7 @@ class Progress:
             guesses.append(max(0.0, self.clock.end - now))
         return minutes(min(guesses)) if guesses else "-"
 
+    @signals_deferred()  # store reads and the clock's write: a Ctrl-C heard there stops the sweep after them
     def update(self) -> None:
         from optuna.trial import TrialState
 
