@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -114,6 +115,36 @@ def test_four_local_workers_share_one_sqlite_study(store):
     assert len({r.data.tags["worker"] for r in runs}) >= 3  # the workers shared the trials
     # each worker trained with TensorFlow's pool sized to its share of the cores
     assert {r.data.tags["tensorflow_threads"] for r in runs} == {str(max(1, os.cpu_count() // 4))}
+
+
+# A worker as it starts: opens the study and asks for its first trial, when told to.
+ASK_AT_ONCE = """
+import sys
+import optuna
+from mnist_lab.sweep.optuna_study import make_storage
+study = optuna.load_study(study_name="s", storage=make_storage(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+print(study.ask().number, flush=True)
+"""
+
+
+def test_two_workers_asking_at_the_same_moment_never_both_start_the_queued_trial(tmp_path):
+    """A sweep's first trial is the enqueued baseline, and its workers start together. On SQLite both
+    read it WAITING and both ran it (20 rounds of 20 before make_storage's write-locked transactions),
+    and the second's result then failed its worker ("Cannot tell a COMPLETE trial"): the study went on
+    with one worker. Now one takes it, the other gets a trial of its own."""
+    for r in range(3):
+        url = f"sqlite:///{tmp_path / f'study-{r}.db'}"
+        optuna.create_study(study_name="s", storage=url).enqueue_trial({})
+        workers = [subprocess.Popen([sys.executable, "-c", ASK_AT_ONCE, url], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+        for w in workers:
+            assert w.stdout.readline().strip() == "ready"
+        for w in workers:
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        assert sorted(int(w.communicate()[0]) for w in workers) == [0, 1]
 
 
 @pytest.mark.parametrize(

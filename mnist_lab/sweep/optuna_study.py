@@ -37,16 +37,21 @@ def make_storage(url: str):
 
     for attempt in range(3):
         try:
-            if url.startswith("sqlite:///"):
+            sqlite = url.startswith("sqlite:///")
+            if sqlite:
                 tracking.create_sqlite_atomically(url, lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose())
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=HEARTBEAT_SECONDS,
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=on_dead_trial,
                 # A host that drops packets would otherwise hang the sweep for minutes.
-                engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else None,
+                engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if url.startswith("postgresql")
+                else {"connect_args": {"isolation_level": None}} if sqlite else None,
             )
+            if sqlite:
+                write_locked_transactions(storage.engine)
+            return storage
         except Exception as e:  # SQLAlchemy: bad URL, server down, missing driver
             # Machines starting together race to create Optuna's tables: the loser's CREATE fails
             # on what the winner just made, and a second look finds the schema complete.
@@ -56,6 +61,21 @@ def make_storage(url: str):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MnistLabError(f"--storage {tracking.redact(url)}: cannot open the Optuna storage "
                                 f"({tracking.redact(first)[:200]})") from None
+
+
+def write_locked_transactions(engine) -> None:
+    """Every transaction on this SQLite storage takes the database's write lock at its BEGIN.
+
+    Optuna starts an enqueued or retried trial by reading that it is WAITING and then writing it
+    RUNNING. PostgreSQL locks the row in between (SELECT ... FOR UPDATE); SQLite ignores FOR UPDATE,
+    and Python's sqlite3 begins the transaction only at the write, so two workers asking at the same
+    moment both read WAITING and both ran the trial, and the second's result then failed its worker
+    ("Cannot tell a COMPLETE trial"): a sweep went on with one worker of two. With BEGIN IMMEDIATE the
+    second waits for the first's commit and reads RUNNING. (SQLAlchemy's recipe for SQLite: sqlite3 in
+    autocommit mode, set by the engine's connect_args, and SQLAlchemy's own BEGIN.)"""
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def make_sampler(space: LoadedSpace, worker: int = 0, trials_so_far: int = 0):
