@@ -226,9 +226,10 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
                 monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
             )
         )
-    history = model.fit(x_train, y_train_fit, batch_size=config.train.batch_size, epochs=config.train.epochs,
-                        initial_epoch=initial_epoch, validation_data=(x_val, y_val_fit), callbacks=fit_callbacks,
-                        verbose=verbose).history
+    batch = config.train.batch_size
+    history = model.fit(data.batches(x_train, y_train_fit, batch, shuffle_seed=config.train.seed), epochs=config.train.epochs,
+                        initial_epoch=initial_epoch, validation_data=data.batches(x_val, y_val_fit, batch),
+                        callbacks=fit_callbacks, verbose=verbose).history
 
     losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
