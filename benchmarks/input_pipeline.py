@@ -2,10 +2,11 @@
 own pipeline for NumPy arrays against the lab's (`data.batches`), interleaved.
 
     MNIST_LAB_DATA=... .venv/bin/python benchmarks/input_pipeline.py --repeats 3
+    MNIST_LAB_DATA=... .venv/bin/python benchmarks/input_pipeline.py --processes 1   # one training on every core
 
 Each process imports TensorFlow, loads the data and builds the model first; then both fit 2 epochs of the
 55,000 training images (validation each epoch) at the same moment. Reports the pair's images per second
-(the sum) and CPU (user + system over the slower one's wall, of 200%). Nothing else may run meanwhile.
+(the sum) and CPU (user + system over the slower one's wall, of 200% on 2 cores). Nothing else may run meanwhile.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ TRIAL = ["train.epochs=2", "model.conv_blocks.0.filters=16", "model.conv_blocks.
 PIPELINES = ("keras-numpy", "lab")
 
 
-def child(pipeline: str) -> None:
+def child(pipeline: str, threads: int) -> None:
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
@@ -58,10 +59,11 @@ def child(pipeline: str) -> None:
     print(json.dumps({"wall": t1 - t0, "cpu": cpu, "images_per_second": 2 * len(x) / (t1 - t0)}), flush=True)
 
 
-def side_by_side(pipeline: str) -> dict:
+def side_by_side(pipeline: str, processes: int) -> dict:
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", pipeline], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", pipeline, "--threads", str(threads)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(processes)]
     for p in procs:
         while (line := p.stdout.readline()) and line.strip() != "ready":
             pass
@@ -72,20 +74,22 @@ def side_by_side(pipeline: str) -> dict:
     for p in procs:
         p.wait()
     return {"images_per_second": sum(o["images_per_second"] for o in outs),
-            "cpu_pct": 100 * sum(o["cpu"] for o in outs) / max(o["wall"] for o in outs)}
+            "cpu_pct": 100 * sum(o["cpu"] for o in outs) / max(o["wall"] for o in outs)}  # of cores x 100%
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--processes", type=int, default=2, help="trainings side by side, cores // N threads each (default 2)")
     ap.add_argument("--child", choices=PIPELINES, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child)
+        return child(args.child, args.threads)
     measured: dict[str, list[dict]] = {p: [] for p in PIPELINES}
     for r in range(args.repeats):
         for p in PIPELINES[r % 2:] + PIPELINES[:r % 2]:  # each first in turn
-            measured[p].append(side_by_side(p))
+            measured[p].append(side_by_side(p, args.processes))
             print(f"repeat {r + 1} {p}: {json.dumps(measured[p][-1])}", flush=True)
     for p, runs in measured.items():
         print(f"{p:12s} images/s median {statistics.median(m['images_per_second'] for m in runs):6.0f} "

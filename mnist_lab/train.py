@@ -229,7 +229,7 @@ def _fit_and_log(config, model, split, run_id, data_dir, evaluate_test, save, ca
     batch = config.train.batch_size
     history = model.fit(data.batches(x_train, y_train_fit, batch, shuffle_seed=config.train.seed), epochs=config.train.epochs,
                         initial_epoch=initial_epoch, validation_data=data.batches(x_val, y_val_fit, batch),
-                        callbacks=fit_callbacks, verbose=verbose).history
+                        callbacks=fit_callbacks, shuffle=False, verbose=verbose).history  # the pipeline shuffles
 
     losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses + history.get("val_loss", [])):
