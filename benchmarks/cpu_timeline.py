@@ -54,10 +54,10 @@ def running_trials(db: Path) -> list[tuple[float, float]]:
     import sqlite3
 
     rows = sqlite3.connect(db).execute("SELECT datetime_start, datetime_complete FROM trials WHERE datetime_start IS NOT NULL")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    def ts(text):
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() if text else time.time()
+    def ts(text):  # Optuna writes datetime.now(): this machine's local time, without a zone
+        return datetime.fromisoformat(text).timestamp() if text else time.time()
 
     return [(ts(a), ts(b)) for a, b in rows]
 

@@ -131,7 +131,8 @@ def signals_deferred():
     """Ctrl-C, SIGTERM or SIGHUP heard inside the block stop the command as it leaves the block, not
     inside it: for the main thread's store calls. A KeyboardInterrupt raised half-way through one can
     leave its connection, and SQLite's lock, held, and the sweep then waits on its own lock for the
-    stopped trial's last write. Only signals whose handler raises (Python's Ctrl-C, the CLI's) wait."""
+    stopped trial's last write. Only signals with a Python handler wait (Python's Ctrl-C, the CLI's), not
+    SIG_DFL or SIG_IGN; the handler is then called once, as the signal's own."""
     import signal
     import threading
 
@@ -140,12 +141,14 @@ def signals_deferred():
         return
     raising = {s: h for s in (signal.SIGINT, *stop_signals()) if callable(h := signal.getsignal(s))}
     heard: list[int] = []
-    for s in raising:
-        signal.signal(s, lambda signum, frame: heard.append(signum))
     try:
-        yield
+        with contextlib.ExitStack() as restore:
+            for s, handler in raising.items():
+                # Registered before the swap: a signal that lands anywhere in the swap or in the restore
+                # cannot leave a handler that only listens (ExitStack runs every callback, then raises).
+                restore.callback(signal.signal, s, handler)
+                signal.signal(s, lambda signum, frame: heard.append(signum))
+            yield
     finally:
-        for s, handler in raising.items():
-            signal.signal(s, handler)
-        if heard:
+        if heard:  # even when the block failed: the command was asked to stop
             raising[heard[0]](heard[0], None)

@@ -47,7 +47,9 @@ def make_storage(url: str):
                 heartbeat_stale_trial_callback=on_dead_trial,
                 # A host that drops packets would otherwise hang the sweep for minutes.
                 engine_kwargs={"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if url.startswith("postgresql")
-                else {"connect_args": {"isolation_level": None}} if sqlite else None,
+                # SQLite: sqlite3 in autocommit (see write_locked_transactions); a writer waits up to 30 s for
+                # the lock, not sqlite3's 5: on a loaded machine its holder can be descheduled that long.
+                else {"connect_args": {"isolation_level": None, "timeout": 30}} if sqlite else None,
             )
             if sqlite:
                 write_locked_transactions(storage.engine)
