@@ -171,7 +171,8 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | N
 
     Not Keras' own pipeline for NumPy arrays: it sizes its thread pool to every core and autotunes it,
     and two 1-thread trainings side by side (a sweep's two workers) then left a third of 2 cores idle:
-    136% CPU and 6,300 images/s, against 197% and 8,500 with this one (`benchmarks/input_pipeline.py`)."""
+    123% CPU and 5,670 images/s, against 197% and 8,130 with this one (`benchmarks/input_pipeline.py
+    --repeats 3`, medians of 3, 2026-11-30, 2 cores of a Xeon with AMX, mixed bfloat16)."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
