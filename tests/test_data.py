@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -114,3 +115,28 @@ def test_without_a_folder_it_downloads_or_says_to_set_mnist_lab_data(tmp_path):
         assert "MNIST_LAB_DATA" in out and "\n" not in out
     else:  # online: the download must be the same MNIST, fetched into the empty KERAS_HOME
         assert out == data.load_mnist(data.data_dir())[1] and any((tmp_path / "keras").rglob("mnist.npz"))
+
+
+def test_batches_reshuffle_training_every_epoch_and_keep_validation_in_order(mnist_dir):
+    """The input pipeline `fit` reads: every image once per epoch with its own label, training in a new
+    order each epoch (the same orders for the same seed), validation in the order given."""
+    split = data.load_split(DataConfig(train_size=1000, validation_size=300), mnist_dir)
+    x, y = data.to_model_input(split.x_train), split.y_train
+
+    def epochs(dataset, n):
+        return [[(bx.numpy(), by.numpy()) for bx, by in dataset] for _ in range(n)]
+
+    def pairs(images, labels):
+        return Counter(zip((image.tobytes() for image in images), labels.tolist()))
+
+    training = epochs(data.batches(x, y, 64, shuffle_seed=3), 2)
+    for epoch in training:
+        assert [len(by) for _, by in epoch] == [64] * 15 + [40]
+        # Every image once, with its own label.
+        assert sum((pairs(bx, by) for bx, by in epoch), Counter()) == pairs(x, y)
+    first, second = (np.concatenate([by for _, by in epoch]) for epoch in training)
+    assert not np.array_equal(first, second) and not np.array_equal(first, y)
+    again = np.concatenate([by for _, by in epochs(data.batches(x, y, 64, shuffle_seed=3), 1)[0]])
+    assert np.array_equal(again, first)
+    validation = np.concatenate([by for _, by in epochs(data.batches(data.to_model_input(split.x_val), split.y_val, 64), 1)[0]])
+    assert np.array_equal(validation, split.y_val)

@@ -232,6 +232,47 @@ def test_a_signal_heard_during_the_main_thread_s_store_write_stops_the_sweep_aft
     assert other.returncode == 0, other.stderr[-2000:]
 
 
+def test_a_signal_heard_during_a_worker_process_s_store_write_halts_it_and_leaves_the_write_whole(tmp_path):
+    """A worker process hears Ctrl-C and SIGTERM on its halt only (its trial stops at the next batch): sent
+    from inside a trial's write to the lab's SQLite Optuna storage (each transaction holds the write lock
+    from its start), neither cuts the write short nor leaves the lock held for the other workers, whose
+    settling of their own trials waited on it (a trial left RUNNING after the sweep's main process died)."""
+    from sqlalchemy import event
+
+    from mnist_lab.sweep.budget import Halt
+    from mnist_lab.sweep.optuna_study import make_storage
+    from mnist_lab.sweep.workers import stop_on_signals
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = make_storage(url)
+    trial = optuna.create_study(storage=storage, study_name="s").ask()
+    sent = []
+
+    def signal_mid_write(conn, cursor, statement, *args):
+        if "trial_user_attributes" in statement and not statement.lstrip().startswith("SELECT") and not sent:
+            sent.append(statement)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), sig)
+            time.sleep(0.05)  # Python runs the handlers at the next bytecode: here, before the statement ends
+
+    halt = Halt()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    event.listen(storage.engine, "before_cursor_execute", signal_mid_write)
+    try:
+        stop_on_signals(halt)
+        trial.set_user_attr("worker", "w")  # raises nothing
+    finally:
+        event.remove(storage.engine, "before_cursor_execute", signal_mid_write)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert sent and halt.is_set() and halt.fault is None
+    assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs == {"worker": "w"}
+    other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
+                            "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
+                            ".set_user_attr('later', 1)", url], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-2000:]
+
+
 def test_a_space_that_keeps_failing_stops_at_its_limit_exits_non_zero_and_crowns_nothing(store, tmp_path):
     space = tmp_path / "doomed.yaml"
     space.write_text(

@@ -42,11 +42,6 @@ class Halt:
     def is_set(self) -> bool:
         return self.event.is_set()
 
-    @property
-    def by_signal(self) -> bool:
-        """Set by Ctrl-C, SIGTERM or SIGHUP, not by a lost store: a trial cut short is interrupted, not failed."""
-        return self.event.is_set() and self.fault is None
-
 
 SPAN_PREFIX = "time_span "  # a study user attribute per invocation: [started, last seen] (time.time())
 

@@ -138,10 +138,6 @@ class Objective:
             self.interrupted(trial)
             raise
         except Exception as e:
-            if self.stop.by_signal:
-                # Stopped by a signal that TensorFlow turned into an error of its own inside one of its calls.
-                self.interrupted(trial)
-                raise KeyboardInterrupt from e
             fault = store_fault(e)
             if fault is None:
                 raise
@@ -195,8 +191,6 @@ class Objective:
                            callbacks=[watcher], parent_run_id=self.parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except Exception as e:
-            if self.stop.by_signal:
-                raise  # a stop, not a failure: told apart in __call__
             # An exception raised without a message still says what failed (an empty reason would read as
             # a worker that died).
             trial.set_user_attr("fail_reason", str(e)[:500] or type(e).__name__)

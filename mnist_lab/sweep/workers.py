@@ -66,15 +66,14 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
                 continue
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     except Exception as e:  # the storage itself went away (its errors reach here, not the objective's)
-        if stopping_write(e, stop):
-            settle_if_orphaned(settings, study, storage)
-            return
-        fault = store_fault(e)
-        if fault is None:
-            raise
-        stop.set(fault)
+        if not stopping_write(e, stop):
+            fault = store_fault(e)
+            if fault is None:
+                raise
+            stop.set(fault)
     except KeyboardInterrupt:
         stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+    if stop.is_set() and stop.fault is None:  # stopped by a signal, wherever it found the worker
         settle_if_orphaned(settings, study, storage)
 
 
@@ -96,18 +95,10 @@ def stopping_write(error: BaseException, stop: Halt) -> bool:
 
 
 def work_in_process(settings: WorkerSettings) -> None:
-    """A spawned worker process: its own TensorFlow thread pool; SIGTERM, SIGHUP or the death of the
-    sweep's main process stop its trial at the next batch."""
+    """A spawned worker process: its own TensorFlow thread pool; Ctrl-C, SIGTERM, SIGHUP or the death
+    of the sweep's main process stop its trial at the next batch."""
     halt = Halt()
-
-    def interrupt(signum, frame):
-        # Said on the halt first: TensorFlow may turn the KeyboardInterrupt raised inside its own
-        # calls into another error, and the trial must still count as interrupted, not failed.
-        halt.set()
-        raise KeyboardInterrupt
-
-    for sig in stop_signals():
-        signal.signal(sig, interrupt)
+    stop_on_signals(halt)
     threading.Thread(target=stop_when_orphaned, args=(settings.main_pid,), daemon=True).start()
     import_tensorflow()
     import tensorflow as tf
@@ -122,11 +113,34 @@ def work_in_process(settings: WorkerSettings) -> None:
         sys.exit(LOST_STORE_EXITS[halt.fault])
 
 
+def stop_on_signals(halt: Halt) -> None:
+    """A worker process hears Ctrl-C (sent to the whole process group), SIGTERM and SIGHUP on its halt,
+    as the single worker's thread does: its trial stops at the next batch (ReportProgress raises
+    KeyboardInterrupt there) and no trial starts. A KeyboardInterrupt raised by the handler itself could
+    land inside one of Optuna's or MLflow's store calls and leave that transaction, and SQLite's write
+    lock, held while the other workers settle their trials."""
+
+    def interrupt(signum, frame):
+        halt.set()
+
+    for sig in (signal.SIGINT, *stop_signals()):
+        signal.signal(sig, interrupt)
+
+
 def quiet_store_faults(args) -> None:
     """Threads of Optuna and MLflow (heartbeats, logging) whose store went away end quietly: the sweep
     says once what was lost. Anything else is a bug, and shows its traceback."""
     if store_fault(args.exc_value) is None:
         threading.__excepthook__(args)
+
+
+def say_dead(process, alive: int) -> None:
+    """A worker process that died of a bug or was killed (the kernel's OOM killer, a person): its trial
+    is retried by the workers left (recovery.reap_dead_trials), and the sweep says it goes on with fewer."""
+    how = (f"was killed by {signal.Signals(-process.exitcode).name}" if process.exitcode < 0
+           else f"ended with exit code {process.exitcode} (its traceback is above)")
+    then = f"the sweep goes on with {alive} worker{'s' if alive > 1 else ''}" if alive else "no worker is left: the search ends here"
+    print(f"worker process {process.pid} {how}; a trial it was running runs again, and {then}", file=sys.stderr, flush=True)
 
 
 class WorkerThread(threading.Thread):
@@ -152,6 +166,7 @@ class Workers:
         self.ids = {tracking.worker_id()}  # whose trials and runs this invocation settles after Ctrl-C
         self.threads: list[WorkerThread] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.said_dead: set[int] = set()  # worker processes whose death was told
         if n == 1:
             self.threads.append(WorkerThread(target=work, args=(settings, stop), daemon=True))
         else:
@@ -176,6 +191,9 @@ class Workers:
                 lost = next((fault for fault, code in LOST_STORE_EXITS.items() if p.exitcode == code), None)
                 if lost:
                     self.stop_event.set(lost)
+                elif p.exitcode and p.pid not in self.said_dead and not self.stop_event.is_set():
+                    self.said_dead.add(p.pid)
+                    say_dead(p, sum(q.is_alive() for q in self.processes))
             if self.stop_event.fault:
                 return  # the sweep stops the other workers now, not when they meet the fault themselves
             tick()
