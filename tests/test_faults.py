@@ -203,7 +203,7 @@ def test_workers_stop_when_their_main_process_is_killed(store):
 def test_a_worker_process_killed_mid_study_is_told_and_the_sweep_goes_on_without_it(store):
     """The OOM killer takes one of two worker processes: the sweep says so, retries its trial with the
     worker left, and finishes its trials (it once went on silently with one worker)."""
-    proc = sweep("--n-trials", "3", "--workers", "2", "data.train_size=2000", "train.epochs=2")
+    proc = sweep("--n-trials", "2", "--workers", "2", "data.train_size=2000", "train.epochs=2")
     victim = poll(lambda: next((t for t in trials(store) if t.state == optuna.trial.TrialState.RUNNING
                                 and t.intermediate_values), None), 240)
     assert victim, proc.communicate(timeout=60)
