@@ -1,6 +1,6 @@
 """The lab's model and data on a GPU, through Keras' PyTorch backend (a machine without TensorFlow).
 
-    KERAS_BACKEND=torch MNIST_LAB_DATA=/path/to/mnist python benchmarks/gpu_check.py [--epochs 3] [KEY=VALUE ...]
+    KERAS_BACKEND=torch MNIST_LAB_DATA=/path/to/mnist PYTHONPATH=. python benchmarks/gpu_check.py [--epochs 3] [KEY=VALUE ...]
 
 The lab trains with TensorFlow (`train()`: tf.data input, MLflow around it); the GPU machines lent to
 this project hold PyTorch and JAX but no TensorFlow, and cannot fetch it. What is plain Keras does
@@ -8,7 +8,9 @@ travel: `build_model(config)` for experiments/baseline.yaml (with the KEY=VALUE 
 train` takes) at float32 and at mixed_bfloat16, fitted on the lab's own split (`data.load_split`: 55,000
 training and 5,000 validation images, the same seed), then evaluated once on the 10,000 test images.
 Prints, per precision, a JSON line: the backend and device, seconds per epoch (the first includes
-compilation), images/s over the later epochs, validation accuracy per epoch, test accuracy.
+compilation), images/s over the later epochs (over the only one with --epochs 1), validation accuracy
+per epoch, test accuracy. On PyTorch it trains 1 step per call (train.steps_per_execution=1), whatever
+the overrides say: the only value that backend takes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -47,7 +50,7 @@ def device() -> str:
 def check(precision: str, epochs: int, overrides: list[str]) -> dict:
     if keras.backend.backend() == "torch":
         overrides = [*overrides, "train.steps_per_execution=1"]  # the only value Keras' PyTorch trainer takes
-    config = load_config("experiments/baseline.yaml", [*overrides, f"precision={precision}", f"train.epochs={epochs}"])
+    config = load_config(Path(__file__).resolve().parent.parent / "experiments/baseline.yaml", [*overrides, f"precision={precision}", f"train.epochs={epochs}"])
     split = data.load_split(config.data)
     x_test, y_test = data.load_test()
     one_hot = config.train.loss == "categorical_crossentropy"

@@ -267,10 +267,35 @@ def test_a_signal_heard_during_a_worker_process_s_store_write_halts_it_and_leave
             signal.signal(sig, handler)
     assert sent and halt.is_set() and halt.fault is None
     assert optuna.load_study(study_name="s", storage=url).trials[0].user_attrs == {"worker": "w"}
+    # A script's background job ignores Ctrl-C, the sweep's main process too: so do its workers.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_on_signals(Halt())
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
                             "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
                             ".set_user_attr('later', 1)", url], capture_output=True, text=True)
     assert other.returncode == 0, other.stderr[-2000:]
+
+
+def test_an_error_that_replaced_the_stop_s_keyboard_interrupt_is_the_stop_not_a_failure():
+    """MLflow ends a stopped trial's run FAILED on its way out; an error there (a locked store) replaces the
+    KeyboardInterrupt, which stays its cause: the trial is interrupted, not failed by its configuration."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_lab.sweep.objective import stopped
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise MlflowException("database is locked")
+    except MlflowException as e:
+        assert stopped(e)
+    assert not stopped(MlflowException("database is locked")) and not stopped(ValueError("NaN loss"))
 
 
 def test_a_space_that_keeps_failing_stops_at_its_limit_exits_non_zero_and_crowns_nothing(store, tmp_path):

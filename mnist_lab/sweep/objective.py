@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from mnist_lab import data, tracking
 from mnist_lab.config import Config
-from mnist_lab.errors import ConfigError, StoreLost, store_fault
+from mnist_lab.errors import ConfigError, StoreLost, causes, store_fault
 from mnist_lab.sweep import recovery
 from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR, SLICE_IMAGES
@@ -38,6 +38,12 @@ def validation_slice(config: Config, data_dir: str | None, size: int = SLICE_IMA
     split = data.load_split(config.data, data_dir)
     x, y = data.stratified_subset(split.x_val, split.y_val, size, seed=0)
     return data.to_model_input(x), y
+
+
+def stopped(error: BaseException) -> bool:
+    """Whether `error` replaced the KeyboardInterrupt that stops a trial (MLflow ending the run FAILED on
+    a locked store, say): the trial was interrupted, not failed by its configuration."""
+    return any(isinstance(c, KeyboardInterrupt) for c in causes(error))
 
 
 class ReportProgress(keras.callbacks.Callback):
@@ -65,7 +71,7 @@ class ReportProgress(keras.callbacks.Callback):
         self.epoch, self.next_report = epoch, self.every
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.stop.is_set():  # Ctrl-C in the main thread: this trial ends here, and is retried on resume
+        if self.stop.is_set():  # Ctrl-C, SIGTERM or SIGHUP: this trial ends here, and is retried on resume
             raise KeyboardInterrupt
         # With steps_per_execution, Keras calls this once per compiled call, `batch` being its last step.
         if self.slice is None or batch + 1 < self.next_report or self.next_report >= self.every * REPORTS_PER_EPOCH:
@@ -138,6 +144,9 @@ class Objective:
             self.interrupted(trial)
             raise
         except Exception as e:
+            if stopped(e):  # the stop's KeyboardInterrupt, replaced on its way out by an error of the clean-up
+                self.interrupted(trial)
+                raise KeyboardInterrupt from e
             fault = store_fault(e)
             if fault is None:
                 raise
@@ -191,6 +200,8 @@ class Objective:
                            callbacks=[watcher], parent_run_id=self.parent_run_id, progress=False,
                            log_model=lambda: watcher.pruned_at is None, log_plots=lambda: watcher.pruned_at is None)
         except Exception as e:
+            if stopped(e):
+                raise  # a stop, not a failure: told apart in __call__
             # An exception raised without a message still says what failed (an empty reason would read as
             # a worker that died).
             trial.set_user_attr("fail_reason", str(e)[:500] or type(e).__name__)

@@ -2,7 +2,7 @@
 sharing the cores, each running trials until the budget is spent; and how they stop.
 
 Ctrl-C or SIGTERM sets the sweep's `stop` event: running trials stop at their next batch, no trial
-starts, and `Workers.stop` gives them STOP_WAIT_SECONDS before SIGTERM, then SIGKILL.
+starts; `Workers.stop` sends worker processes SIGTERM after 3 s, and SIGKILL STOP_WAIT_SECONDS later.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from mnist_lab.sweep.records import StudySetup, end_interrupted
 
 STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
 # A worker process's exit code when a store went away, one per kind, so the main process can say which.
+STOPPED_EXIT = 130  # a worker process stopped by a signal, as a shell says of Ctrl-C
 LOST_STORE_EXITS = {"the disk is full": 75, "the database does not answer": 76, "the tracking server does not answer": 77}
 
 
@@ -64,6 +65,8 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
             if cap is not None and c.finished + c.running >= cap:
                 time.sleep(1)  # the last trials are running elsewhere; they may still die and need a retry
                 continue
+            if stop.is_set():  # heard during the bookkeeping above: start nothing
+                break
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     except Exception as e:  # the storage itself went away (its errors reach here, not the objective's)
         if not stopping_write(e, stop):
@@ -72,7 +75,7 @@ def work(settings: WorkerSettings, stop: Halt) -> None:
                 raise
             stop.set(fault)
     except KeyboardInterrupt:
-        stop.set()  # the trial was failed by Optuna and marked interrupted; the main process queues it again
+        stop.set()  # the trial was failed by Optuna and marked interrupted; whoever settles the stop queues it again
     if stop.is_set() and stop.fault is None:  # stopped by a signal, wherever it found the worker
         settle_if_orphaned(settings, study, storage)
 
@@ -111,19 +114,22 @@ def work_in_process(settings: WorkerSettings) -> None:
     work(settings, halt)
     if halt.fault:  # said once by the main process; the exit code tells it which
         sys.exit(LOST_STORE_EXITS[halt.fault])
+    if halt.is_set():  # a signal: the main process tells one sent to this worker alone from its own stop
+        sys.exit(STOPPED_EXIT)
 
 
 def stop_on_signals(halt: Halt) -> None:
-    """A worker process hears Ctrl-C (sent to the whole process group), SIGTERM and SIGHUP on its halt,
-    as the single worker's thread does: its trial stops at the next batch (ReportProgress raises
-    KeyboardInterrupt there) and no trial starts. A KeyboardInterrupt raised by the handler itself could
-    land inside one of Optuna's or MLflow's store calls and leave that transaction, and SQLite's write
-    lock, held while the other workers settle their trials."""
+    """A worker process hears Ctrl-C (sent to the whole process group), SIGTERM and SIGHUP on its halt
+    only: its trial stops at the next batch (ReportProgress raises KeyboardInterrupt there) and it starts
+    no other. A KeyboardInterrupt raised by the handler itself could land inside one of Optuna's or
+    MLflow's store calls and leave that transaction, and SQLite's write lock, held while the other workers
+    settle their trials. Ctrl-C only where the sweep hears it too: a script's background job ignores it."""
 
     def interrupt(signum, frame):
         halt.set()
 
-    for sig in (signal.SIGINT, *stop_signals()):
+    ctrl_c = () if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else (signal.SIGINT,)
+    for sig in (*ctrl_c, *stop_signals()):
         signal.signal(sig, interrupt)
 
 
@@ -135,12 +141,18 @@ def quiet_store_faults(args) -> None:
 
 
 def say_dead(process, alive: int) -> None:
-    """A worker process that died of a bug or was killed (the kernel's OOM killer, a person): its trial
-    is retried by the workers left (recovery.reap_dead_trials), and the sweep says it goes on with fewer."""
-    how = (f"was killed by {signal.Signals(-process.exitcode).name}" if process.exitcode < 0
-           else f"ended with exit code {process.exitcode} (its traceback is above)")
+    """A worker process ended while the sweep goes on: killed (the kernel's OOM killer, a person), a bug,
+    or a signal sent to it alone. A trial it left RUNNING is retried by the workers left
+    (recovery.reap_dead_trials, which says so when it drops one instead); one it stopped is interrupted."""
+    code = process.exitcode
+    if code == STOPPED_EXIT:
+        how = "was stopped by a signal sent to it alone"
+    elif code < 0:
+        how = f"ended by {signal.Signals(-code).name if -code in signal.valid_signals() else f'signal {-code}'}"
+    else:
+        how = f"ended with exit code {code}"
     then = f"the sweep goes on with {alive} worker{'s' if alive > 1 else ''}" if alive else "no worker is left: the search ends here"
-    print(f"worker process {process.pid} {how}; a trial it was running runs again, and {then}", file=sys.stderr, flush=True)
+    print(f"worker process {process.pid} {how}; {then}", file=sys.stderr, flush=True)
 
 
 class WorkerThread(threading.Thread):
