@@ -4,6 +4,7 @@ and interrupted trials are failed, queued again (clean), and their runs ended KI
 import os
 import socket
 import subprocess
+import time
 
 import optuna
 import pytest
@@ -259,3 +260,38 @@ def test_a_stopping_trial_whose_last_write_meets_the_lock_is_the_interruption_no
     assert not stopping_write(RuntimeError("a bug"), halt)
     assert study.trials[0].state == TrialState.RUNNING  # left for the sweep to fail and queue again
     holder.close()
+
+
+def _exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def _wait_for_a_signal() -> None:
+    time.sleep(60)
+
+
+def test_a_worker_process_that_ends_mid_sweep_is_named_with_how_it_ended(capsys):
+    """Real processes, ended each way a sweep's worker can end while the sweep goes on."""
+    import multiprocessing
+    import signal
+
+    from mnist_lab.sweep.workers import STOPPED_EXIT, say_dead
+
+    ctx = multiprocessing.get_context("fork")  # these children run no TensorFlow
+    said = []
+    for end, alive in ((STOPPED_EXIT, 1), (1, 2), (signal.SIGKILL, 1), (signal.SIGRTMIN + 3, 0)):
+        if end in (STOPPED_EXIT, 1):
+            p = ctx.Process(target=_exit_with, args=(end,))
+            p.start()
+        else:
+            p = ctx.Process(target=_wait_for_a_signal)
+            p.start()
+            os.kill(p.pid, end)
+        p.join(10)
+        say_dead(p, alive)
+        said.append(p.pid)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"worker process {said[0]} was stopped by a signal sent to it alone; the sweep goes on with 1 worker",
+                   f"worker process {said[1]} ended with exit code 1; the sweep goes on with 2 workers",
+                   f"worker process {said[2]} ended by SIGKILL; the sweep goes on with 1 worker",
+                   f"worker process {said[3]} ended by signal {int(signal.SIGRTMIN) + 3}; no worker is left: the search ends here"]

@@ -148,7 +148,10 @@ def say_dead(process, alive: int) -> None:
     if code == STOPPED_EXIT:
         how = "was stopped by a signal sent to it alone"
     elif code < 0:
-        how = f"ended by {signal.Signals(-code).name if -code in signal.valid_signals() else f'signal {-code}'}"
+        try:
+            how = f"ended by {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            how = f"ended by signal {-code}"
     else:
         how = f"ended with exit code {code}"
     then = f"the sweep goes on with {alive} worker{'s' if alive > 1 else ''}" if alive else "no worker is left: the search ends here"
