@@ -24,8 +24,8 @@ from mnist_lab.sweep.budget import Halt
 from mnist_lab.sweep.records import StudySetup, end_interrupted
 
 STOP_WAIT_SECONDS = 30  # after Ctrl-C, how long running trials get to stop at their next batch
-# A worker process's exit code when a store went away, one per kind, so the main process can say which.
 STOPPED_EXIT = 130  # a worker process stopped by a signal, as a shell says of Ctrl-C
+# A worker process's exit code when a store went away, one per kind, so the main process can say which.
 LOST_STORE_EXITS = {"the disk is full": 75, "the database does not answer": 76, "the tracking server does not answer": 77}
 
 
