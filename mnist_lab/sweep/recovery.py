@@ -93,7 +93,8 @@ def fail_running(storage, study_name: str, number: int, **user_attrs):
 
 def unlocked(call, *args, attempts: int = 20):
     """`call(*args)`, tried again while SQLite says "database is locked": right after Ctrl-C a worker
-    that is still stopping may hold the storage's write lock for longer than the storage's 30-s wait for it (optuna_study.make_storage)."""
+    that is still stopping may hold the storage's write lock for longer than the 30 s a connection
+    waits for it (optuna_study.make_storage)."""
     for attempt in range(attempts):
         try:
             return call(*args)
