@@ -118,12 +118,14 @@ def check_save_path(save: str | Path | None) -> Path | None:
     return path
 
 
-def stop_signals() -> tuple:
+def stop_signals(ctrl_c: bool = False) -> tuple:
     """The signals that stop a command as Ctrl-C does: SIGTERM, and SIGHUP (a closed terminal) unless
-    it is ignored (`nohup`: the person asked for the command to outlive the terminal)."""
+    it is ignored (`nohup`: the person asked for the command to outlive the terminal); with `ctrl_c`,
+    SIGINT too unless it is ignored (a script's background job)."""
     import signal
 
-    return (signal.SIGTERM,) + (() if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,))
+    unless_ignored = (signal.SIGINT,) if ctrl_c else ()
+    return (signal.SIGTERM,) + tuple(s for s in (*unless_ignored, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -192,6 +192,14 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_where_they_stopped(store):
     assert not [r for r in MlflowClient().search_runs([tracking.setup()], "") if r.info.status == "RUNNING"]
 
 
+def another_process_writes(url: str) -> None:
+    """Nothing of a write is left holding SQLite's lock: another process writes study 's' at once."""
+    other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
+                            "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
+                            ".set_user_attr('later', 1)", url], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr[-2000:]
+
+
 def test_a_signal_heard_during_the_main_thread_s_store_write_stops_the_sweep_after_the_write(tmp_path):
     """The study's clock (and the live display) write and read the store from the sweep's main thread.
     SIGTERM landing in the middle of the write's SQL stops the sweep once the write is done: raised
@@ -226,10 +234,7 @@ def test_a_signal_heard_during_the_main_thread_s_store_write_stops_the_sweep_aft
     assert sent
     # The write finished, and nothing of it is held: another process writes the study at once.
     assert optuna.load_study(study_name="s", storage=url).user_attrs[clock.key][0] == clock.started
-    other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
-                            "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
-                            ".set_user_attr('later', 1)", url], capture_output=True, text=True)
-    assert other.returncode == 0, other.stderr[-2000:]
+    another_process_writes(url)
 
 
 def test_a_signal_heard_during_a_worker_process_s_store_write_halts_it_and_leaves_the_write_whole(tmp_path):
@@ -275,10 +280,7 @@ def test_a_signal_heard_during_a_worker_process_s_store_write_halts_it_and_leave
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    other = subprocess.run([sys.executable, "-c", "import optuna, sys; optuna.load_study(study_name='s', storage="
-                            "optuna.storages.RDBStorage(sys.argv[1], engine_kwargs={'connect_args': {'timeout': 2}}))"
-                            ".set_user_attr('later', 1)", url], capture_output=True, text=True)
-    assert other.returncode == 0, other.stderr[-2000:]
+    another_process_writes(url)
 
 
 def test_an_error_that_replaced_the_stop_s_keyboard_interrupt_is_the_stop_not_a_failure():

@@ -128,8 +128,7 @@ def stop_on_signals(halt: Halt) -> None:
     def interrupt(signum, frame):
         halt.set()
 
-    ctrl_c = () if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else (signal.SIGINT,)
-    for sig in (*ctrl_c, *stop_signals()):
+    for sig in stop_signals(ctrl_c=True):
         signal.signal(sig, interrupt)
 
 
