@@ -87,10 +87,11 @@ def summary(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """The README's table: one line per study, seed by seed, the two methods side by side."""
+    """The README's table: one line per study in the order they ran (the file's: rows are appended as each
+    study ends), so a seed's two methods sit side by side in their interleaved order."""
     lines = ["| commit | sampler seed | method | wall, min | CPU (of 200%) | trials (complete) | best confirmed | its seeds, mean "
              "| baseline's mean | crowned | test accuracy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["date"], r["commit"], r["seed"], r["method"])):
+    for r in rows:
         seeds = r.get("best_seeds") or {}
         scores = " / ".join(f"{seeds[k]:.4f}" for k in sorted(seeds, key=int))
         mean = f"{scores} = **{r['best_mean']:.4f}**" if r.get("best_mean") is not None else "none"
