@@ -11,14 +11,14 @@ from optuna.trial import TrialState
 
 from mnist_lab.config import load_config
 from mnist_lab.sweep import pruning
-from mnist_lab.sweep.pruning import RUN_ATTR, SCHEDULE_ATTR, ScheduleAwareHalving
+from mnist_lab.sweep.pruning import BATCH_ATTR, RUN_ATTR, SCHEDULE_ATTR, ScheduleAwareHalving
 
 
-def trial(reports: dict, schedule="constant", run=1000, state="COMPLETE", number=0):
+def trial(reports: dict, schedule="constant", run=1000, state="COMPLETE", number=0, batch=32):
     return optuna.trial.FrozenTrial(
         number=number, trial_id=number, state=TrialState[state], value=0.5 if state == "COMPLETE" else None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None if state == "RUNNING" else datetime.datetime.now(), params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
-        user_attrs={SCHEDULE_ATTR: schedule, RUN_ATTR: run}, system_attrs={}, intermediate_values=reports)
+        user_attrs={SCHEDULE_ATTR: schedule, RUN_ATTR: run, BATCH_ATTR: batch}, system_attrs={}, intermediate_values=reports)
 
 
 def study_of(*rivals, direction="maximize"):
@@ -28,8 +28,8 @@ def study_of(*rivals, direction="maximize"):
     return study
 
 
-def pruned(pruner, study, reports: dict, schedule="constant", run=1000) -> bool:
-    return pruner.prune(study, trial(reports, schedule, run, state="RUNNING", number=99))
+def pruned(pruner, study, reports: dict, schedule="constant", run=1000, batch=32) -> bool:
+    return pruner.prune(study, trial(reports, schedule, run, state="RUNNING", number=99, batch=batch))
 
 
 def test_a_rival_s_value_between_and_at_its_reports_and_none_outside():
@@ -133,3 +133,19 @@ def test_a_one_cycle_trial_in_its_warm_up_is_not_held_to_the_floor():
     assert pruned(pruner, study, {10: 0.5}, schedule="one_cycle", run=20)  # half way: past its warm-up
     assert pruned(pruner, study, {10: 0.5}, schedule="cosine", run=1000) and pruned(pruner, study, {10: 0.5})
     assert pruned(pruner, study, {10: math.nan}, schedule="one_cycle", run=1000)  # diverged: stopped all the same
+
+
+def test_the_floor_holds_a_trial_only_to_trials_of_its_batch_size():
+    """An eighth of an epoch is 215 steps at batch 32 and 27 at batch 256: in the three default studies of
+    the seventh session's equal-time bench the floor stopped 4 trials, every one a batch-256 cosine run
+    (0.62-0.88 an eighth of an epoch in), while a batch-256 run that escaped it was crowned."""
+    pruner = ScheduleAwareHalving(min_resource=10, rank_from=80)
+    small = [trial({10: v}, number=i, batch=32) for i, v in enumerate([0.93, 0.95, 0.96])]
+    assert not pruned(pruner, study_of(*small), {10: 0.6}, schedule="cosine", batch=256)  # no rival of its batch size
+    assert pruned(pruner, study_of(*small), {10: 0.6}, schedule="cosine", batch=32)
+    with_its_size = study_of(*small, trial({10: 0.85}, number=3, batch=256))
+    assert pruned(pruner, with_its_size, {10: 0.6}, schedule="cosine", batch=256)  # error 0.4: over twice 0.15
+    assert not pruned(pruner, with_its_size, {10: 0.75}, schedule="cosine", batch=256)
+    # Ranking, from the first epoch's end on, is unchanged: all batch sizes of the schedule together.
+    ranked = study_of(*(trial({80: v}, number=i, batch=32) for i, v in enumerate([0.98, 0.985, 0.99])))
+    assert pruned(pruner, ranked, {80: 0.97}, batch=256)

@@ -313,6 +313,8 @@ def test_a_hopeless_trial_is_pruned_within_its_first_epoch(store, tmp_path, caps
     hopeless = next(t for t in study.trials if t.params["train.learning_rate"] == 1e-6)
     assert good.state == optuna.trial.TrialState.COMPLETE and good.params["train.learning_rate"] == 0.001
     assert hopeless.state == optuna.trial.TrialState.PRUNED
+    # the floor holds a trial only to trials of its batch size (mnist_lab/sweep/pruning.py): the objective says which
+    assert good.user_attrs["batch_size"] == hopeless.user_attrs["batch_size"] == 32
     # Reports at images seen, at the first compiled call past each eighth of the epoch, and at its end.
     # A 2,000-image epoch at batch 32 is 63 steps, compiled 16 at a time: 4 calls, so 3 reports inside
     # each epoch and one at its end (a 55,000-image epoch has 8: README).

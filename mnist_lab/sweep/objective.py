@@ -23,7 +23,7 @@ from mnist_lab.config import Config
 from mnist_lab.errors import ConfigError, StoreLost, causes, store_fault
 from mnist_lab.sweep import recovery
 from mnist_lab.sweep.budget import Halt
-from mnist_lab.sweep.pruning import REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR, SLICE_IMAGES
+from mnist_lab.sweep.pruning import BATCH_ATTR, REPORTS_PER_EPOCH, RUN_ATTR, SCHEDULE_ATTR, SLICE_IMAGES
 from mnist_lab.sweep.records import StudySetup, completed, describe_trial, record_impossible, trial_run_name, trial_tags
 from mnist_lab.sweep.space import EPOCH_METRICS, suggest_optuna
 from mnist_lab.train import TrainResult, train
@@ -189,9 +189,11 @@ class Objective:
             record_impossible(client, study, self.parent_run_id, tags, values, reason)
             trial.set_user_attr("fail_reason", reason)
             raise
-        # The pruner ranks a trial only against trials at the same point of the same rate schedule.
+        # The pruner ranks a trial only against trials at the same point of the same rate schedule, and
+        # holds it to the floor only against trials of its batch size.
         trial.set_user_attr(SCHEDULE_ATTR, config.train.lr_schedule)
         trial.set_user_attr(RUN_ATTR, config.train.epochs * config.data.train_count())
+        trial.set_user_attr(BATCH_ATTR, config.train.batch_size)
         watcher = ReportProgress(trial, config, self.report_metric, study.data_dir, self.stop)
         try:
             # A pruned trial keeps its curves, config and environment; plots and a model of a fraction

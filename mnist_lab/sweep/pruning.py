@@ -20,9 +20,9 @@ kept), but the rivals are chosen fairly:
   2-epoch run at 2/8. With equal epochs that is equal images seen. The longer run has then seen more
   images, so it is never pruned for sampling more epochs or a slower schedule.
 Ranking needs at least eta trials of the schedule at the rung (the trial included); before that, a
-trial only has to clear a floor, an error no more than twice the median error of all trials at
-that rung, so a diverged configuration still stops early. Optuna's rule keeps only the best one
-then, and measured (study of 7046983, README) that let the first one-cycle trial, a good draw, stop
+trial only has to clear a floor, an error no more than twice the median error of the trials of its
+batch size at that rung, so a diverged configuration still stops early. Optuna's rule keeps only the
+best one then, and measured (study of 7046983, README) that let the first one-cycle trial, a good draw, stop
 the next ones of its schedule: TPE saw almost no finished annealed run and went back to the
 baseline's corner. With this rule the study of dc30c9c crowned (0.9944 over 3 seeds) a one-cycle
 network the study of 30fc94b had pruned after 1.15 epochs.
@@ -33,6 +33,12 @@ one-cycle trials within 5-7 s each, at 0.50-0.81 an eighth of an epoch in where 
 0.90-0.97, while the one-cycle draw that warmed up fast enough was crowned. A diverged one (a score
 that is no longer a number) still stops at once; one stuck near chance runs until it is ranked or
 its warm-up ends.
+
+The floor compares batch sizes apart: an eighth of an epoch is 215 steps at batch 32 and 27 at batch
+256, and the floor at 3/8 of an epoch and earlier judged steps taken, not promise. In the three default
+studies of the seventh session's equal-time bench (24203a2) it stopped 4 trials, every one a batch-256
+cosine run (0.62-0.88 an eighth of an epoch in), while batch-256 runs that escaped it were crowned
+(seed 2, 0.9957 over 3 seeds) or runner-up; no other batch size lost a trial to it.
 
 A trial's value at a rung is its first report at or after it. A rival's value at a point of its
 schedule is interpolated between its reports (they come every eighth of an epoch, and a point of a
@@ -57,9 +63,9 @@ from mnist_lab.config import ONE_CYCLE_WARMUP, Config
 # Pruning starts after the first (an eighth of an epoch, 3-6 s of training here), so most trials cost seconds.
 REPORTS_PER_EPOCH = 8
 SLICE_IMAGES = 1000  # the fixed, stratified slice of the validation set scored within an epoch
-# User attributes the sweep sets on each trial before training: its learning-rate schedule and the
-# training images of its whole run (epochs x training set).
-SCHEDULE_ATTR, RUN_ATTR = "lr_schedule", "run_images"
+# User attributes the sweep sets on each trial before training: its learning-rate schedule, the
+# training images of its whole run (epochs x training set), and its batch size.
+SCHEDULE_ATTR, RUN_ATTR, BATCH_ATTR = "lr_schedule", "run_images", "batch_size"
 
 
 def value_at(trial: FrozenTrial, images: float) -> float | None:
@@ -96,10 +102,11 @@ def promotable(value: float, rivals: list[float], eta: int, maximize: bool) -> b
 
 
 def hopeless(value: float, values: list[float], maximize: bool) -> bool:
-    """More than twice the median error of all trials at the rung (error: 1 - accuracy, or the loss).
+    """More than twice the median error of the trials at the rung (error: 1 - accuracy, or the loss).
 
     The floor for a trial without a rival: lenient, because it compares across schedules (a cosine
-    run starts at its peak rate like a constant one; a one-cycle run in its warm-up is not judged).
+    run starts at its peak rate like a constant one; a one-cycle run in its warm-up is not judged)
+    though only within a batch size (the caller's choice of `values`).
     """
     median = sorted(values)[len(values) // 2]
     return (1 - value) > 2 * (1 - median) if maximize else value > 2 * median
@@ -161,8 +168,9 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
                 continue
             if schedule == "one_cycle" and step < ONE_CYCLE_WARMUP * run:
                 continue  # still warming up: its score says nothing yet of where the run ends
-            everyone = [v for t in others if (v := value_at(t, rung)) is not None and math.isfinite(v)]
-            if everyone and hopeless(value, everyone, maximize):
+            same_batch = [v for t in others if t.user_attrs.get(BATCH_ATTR) == trial.user_attrs.get(BATCH_ATTR)
+                          and (v := value_at(t, rung)) is not None and math.isfinite(v)]
+            if same_batch and hopeless(value, same_batch, maximize):
                 return True
         return False
 
