@@ -38,14 +38,16 @@ The floor compares batch sizes apart: an eighth of an epoch is 215 steps at batc
 256, and the floor at 3/8 of an epoch and earlier judged steps taken, not promise. In the three default
 studies of the seventh session's equal-time bench (24203a2) it stopped 4 trials, every one a batch-256
 cosine run (0.62-0.88 an eighth of an epoch in), while batch-256 runs that escaped it were crowned
-(seed 2, 0.9957 over 3 seeds) or runner-up; no other batch size lost a trial to it.
+(seed 2, 0.9957 over 3 seeds) or runner-up; no other batch size lost a trial to it. The first trial of a
+batch size has no floor to clear (a diverged one still stops), and trials of a study started before the
+attribute count as a batch size of their own.
 
 A trial's value at a rung is its first report at or after it. A rival's value at a point of its
 schedule is interpolated between its reports (they come every eighth of an epoch, and a point of a
 longer run's schedule falls between a shorter run's reports), and it has none before its first
 report: at the first rung an 8-epoch run meets no 3-epoch rival, whose first report lies 2.7 times
 further along its schedule, only the floor. Nothing is stored beside the
-intermediate values and two user attributes set when the trial starts, so the decision is the
+intermediate values and three user attributes set when the trial starts, so the decision is the
 same after a resume and for every worker sharing the storage.
 """
 
