@@ -35,7 +35,8 @@ that is no longer a number) still stops at once; one stuck near chance runs unti
 its warm-up ends.
 
 The floor compares batch sizes apart: an eighth of an epoch is 215 steps at batch 32 and 27 at batch
-256, and the floor at 3/8 of an epoch and earlier judged steps taken, not promise. In the three default
+256, and a floor across batch sizes (at 3/8 of an epoch and earlier, or at a ranking rung short of rivals)
+judged steps taken, not promise. In the three default
 studies of the seventh session's equal-time bench (24203a2) it stopped 4 trials, every one a batch-256
 cosine run (0.62-0.88 an eighth of an epoch in), while batch-256 runs that escaped it were crowned
 (seed 2, 0.9957 over 3 seeds) or runner-up; no other batch size lost a trial to it. The first trial of a
