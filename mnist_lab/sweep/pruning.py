@@ -157,7 +157,7 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
         if not crossed:
             return False
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        schedule, run = trial.user_attrs[SCHEDULE_ATTR], trial.user_attrs[RUN_ATTR]
+        schedule, run, batch = trial.user_attrs[SCHEDULE_ATTR], trial.user_attrs[RUN_ATTR], trial.user_attrs.get(BATCH_ATTR)
         alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         others = [t for t in study.get_trials(deepcopy=False, states=alive)  # pragma: no mutate (a deep copy changes no value)
                   if t.number != trial.number]
@@ -171,7 +171,7 @@ class ScheduleAwareHalving(optuna.pruners.BasePruner):
                 continue
             if schedule == "one_cycle" and step < ONE_CYCLE_WARMUP * run:
                 continue  # still warming up: its score says nothing yet of where the run ends
-            same_batch = [v for t in others if t.user_attrs.get(BATCH_ATTR) == trial.user_attrs.get(BATCH_ATTR)
+            same_batch = [v for t in others if t.user_attrs.get(BATCH_ATTR) == batch
                           and (v := value_at(t, rung)) is not None and math.isfinite(v)]
             if same_batch and hopeless(value, same_batch, maximize):
                 return True
